@@ -1,0 +1,100 @@
+"""Build fastxent's compiled kernels, falling back to the pure-Python package loudly.
+
+The extension is cythonized with -O3 and OpenMP.  Where the compiler has no OpenMP the kernels
+are built serially, with a warning; where the extension cannot be built at all, the package
+still installs (the NumPy fallback ``fastxent._kernels_py`` then serves every call), with a
+warning -- unless ``FASTXENT_REQUIRE_EXTENSION=1`` is set, which turns both into errors.
+No -march=native and no -ffast-math: the wheel must run on any CPU of its architecture and keep
+IEEE inf/NaN semantics.
+"""
+
+import os
+import sys
+import tempfile
+import textwrap
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+REQUIRE_EXTENSION = os.environ.get("FASTXENT_REQUIRE_EXTENSION", "") == "1"
+KERNELS = "src/fastxent/_kernels_c.pyx"
+
+
+def warn_loudly(message: str) -> None:
+    bar = "*" * 78
+    print(f"\n{bar}\nWARNING (fastxent): {message}\n{bar}\n", file=sys.stderr, flush=True)
+
+
+class BuildExtWithFallback(build_ext):
+    """Adds OpenMP flags when the compiler supports them; tolerates a failed build unless required."""
+
+    def build_extensions(self) -> None:
+        openmp = self._compiler_has_openmp()
+        if not openmp:
+            message = "the C compiler has no OpenMP: the kernels are built single-threaded."
+            if REQUIRE_EXTENSION:
+                raise RuntimeError(message + " (FASTXENT_REQUIRE_EXTENSION=1)")
+            warn_loudly(message)
+        for ext in self.extensions:
+            if openmp:
+                ext.extra_compile_args.append("-fopenmp")
+                ext.extra_link_args.append("-fopenmp")
+        try:
+            super().build_extensions()
+        except Exception as exc:  # compiler missing or failing: keep the pure-Python package
+            if REQUIRE_EXTENSION:
+                raise
+            warn_loudly(
+                f"the compiled extension could not be built ({exc}); fastxent will use its "
+                "pure-Python NumPy fallback, which is correct but much slower."
+            )
+
+    def _compiler_has_openmp(self) -> bool:
+        source = textwrap.dedent(
+            """
+            #include <omp.h>
+            int main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }
+            """
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "check_openmp.c")
+            with open(path, "w") as f:
+                f.write(source)
+            try:
+                objects = self.compiler.compile([path], output_dir=tmp, extra_postargs=["-fopenmp"])
+                self.compiler.link_executable(
+                    objects, "check_openmp", output_dir=tmp, extra_postargs=["-fopenmp"]
+                )
+            except Exception:
+                return False
+        return True
+
+
+def extensions() -> list:
+    try:
+        import numpy
+        from Cython.Build import cythonize
+    except ImportError as exc:
+        if REQUIRE_EXTENSION:
+            raise
+        warn_loudly(f"Cython or NumPy is missing at build time ({exc}); installing the fallback only.")
+        return []
+    ext = Extension(
+        "fastxent._kernels_c",
+        [KERNELS],
+        include_dirs=[numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        # -fno-math-errno lets libm calls inline and vectorise; it does not change inf/NaN results.
+        extra_compile_args=["-O3", "-fno-math-errno"],
+        extra_link_args=[],
+    )
+    try:
+        return cythonize([ext], compiler_directives={"language_level": 3})
+    except Exception as exc:
+        if REQUIRE_EXTENSION:
+            raise
+        warn_loudly(f"cythonizing the kernels failed ({exc}); installing the fallback only.")
+        return []
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExtWithFallback})

@@ -1,0 +1,400 @@
+"""The public functions: validate the arguments, view the data as rows, allocate, call a kernel.
+
+Data flow is one way: public function -> ``_validation`` (checks, conversions) -> a kernel of
+``_backend.kernels`` (looked up at call time). Kernels see the logits as an ``(A, C, B)`` view
+whose rows are the ``A * B`` positions around the class axis, so a class axis that is not last
+costs no transposed copy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _backend
+from . import _validation as check
+
+__all__ = [
+    "softmax", "log_softmax", "logsumexp",
+    "softmax_cross_entropy_with_logits", "softmax_cross_entropy_with_logits_and_grad",
+    "sparse_softmax_cross_entropy_with_logits", "sparse_softmax_cross_entropy_with_logits_and_grad",
+    "cross_entropy", "cross_entropy_with_grad", "CrossEntropyLoss",
+]
+
+ArrayLike = Any
+
+
+# ------------------------------------------------------------------------------------------
+# Shaping helpers
+# ------------------------------------------------------------------------------------------
+
+def _threads(n_threads: Any) -> int:
+    return check.n_threads(n_threads, _backend.kernels.max_threads())
+
+
+def _split(shape: tuple[int, ...], axis: int) -> tuple[int, int, int]:
+    """(A, C, B): the sizes before, at and after the class axis."""
+    return check.prod(shape[:axis]), shape[axis], check.prod(shape[axis + 1:])
+
+
+def _writable_view(out: np.ndarray, shape3: tuple[int, int, int] | tuple[int, int]) -> np.ndarray | None:
+    """A view of ``out`` with ``shape3`` that a kernel can write directly, or None."""
+    if not out.dtype.isnative or not out.flags.aligned or any(s % out.itemsize for s in out.strides):
+        return None
+    try:
+        return out.reshape(shape3, copy=False)
+    except ValueError:  # the reshape would need a copy
+        return None
+
+
+class _Result:
+    """A result array of the caller's shape: ``out`` when a kernel can write it in place,
+    otherwise a fresh buffer in the kernel dtype, converted or copied into ``out`` at the end."""
+
+    def __init__(self, out: np.ndarray | None, shape: tuple[int, ...], kernel_shape: tuple[int, ...],
+                 compute: np.dtype, result: np.dtype) -> None:
+        self.out, self.result_dtype = out, result
+        view = None
+        if out is not None and compute == result:
+            view = _writable_view(out, kernel_shape)
+        if view is not None:
+            self.array, self.kernel_view = out, view
+        else:
+            self.array = np.empty(shape, dtype=compute)
+            self.kernel_view = self.array.reshape(kernel_shape)
+
+    def finish(self) -> np.ndarray:
+        if self.out is not None:
+            if self.array is not self.out:
+                np.copyto(self.out, self.array, casting="unsafe")
+            return self.out
+        if self.array.dtype != self.result_dtype:
+            return self.array.astype(self.result_dtype)
+        return self.array
+
+
+def _prepare_out(out: Any, shape: tuple[int, ...], result: np.dtype, inputs: dict[str, Any],
+                 in_place_ok: Any = None) -> np.ndarray | None:
+    if out is None:
+        return None
+    out = check.out_array(out, shape, result)
+    check.no_overlap(out, inputs, in_place_ok)
+    return out
+
+
+def _scalar(value: float, dtype: np.dtype) -> np.generic:
+    return dtype.type(value)
+
+
+# ------------------------------------------------------------------------------------------
+# Normalisers
+# ------------------------------------------------------------------------------------------
+
+def _normaliser(kernel_name: str, x: ArrayLike, axis: int, out: Any, n_threads: Any) -> np.ndarray:
+    arr, result = check.float_array(x, "x")
+    check.at_least_1d(arr, "x")
+    ax = check.normalise_axis(axis, arr.ndim)
+    check.n_classes(arr.shape, ax, "x")
+    nt = _threads(n_threads)
+    out = _prepare_out(out, arr.shape, result, {"x": x}, in_place_ok=x)
+    shape3 = _split(arr.shape, ax)
+    res = _Result(out, arr.shape, shape3, arr.dtype, result)
+    getattr(_backend.kernels, kernel_name)(arr.reshape(shape3), res.kernel_view, nt)
+    return res.finish()
+
+
+def softmax(x: ArrayLike, axis: int = -1, *, out: np.ndarray | None = None,
+            n_threads: int | None = None) -> np.ndarray:
+    """Softmax along ``axis``: ``exp(x - logsumexp(x, axis))``, as ``scipy.special.softmax``.
+
+    Rows whose maximum is not finite (all -inf, or a +inf) are NaN. ``out`` may be ``x`` itself.
+
+    >>> softmax(np.array([1.0, 2.0, 3.0]))
+    array([0.09003057, 0.24472847, 0.66524096])
+    """
+    return _normaliser("softmax", x, axis, out, n_threads)
+
+
+def log_softmax(x: ArrayLike, axis: int = -1, *, out: np.ndarray | None = None,
+                n_threads: int | None = None) -> np.ndarray:
+    """Log-softmax along ``axis``: ``x - logsumexp(x, axis)``, as ``scipy.special.log_softmax``.
+
+    >>> log_softmax(np.array([1.0, 2.0, 3.0]))
+    array([-2.40760596, -1.40760596, -0.40760596])
+    """
+    return _normaliser("log_softmax", x, axis, out, n_threads)
+
+
+def logsumexp(x: ArrayLike, axis: int = -1, *, out: np.ndarray | None = None,
+              n_threads: int | None = None) -> np.ndarray | np.generic:
+    """``log(sum(exp(x), axis))`` computed stably, as ``scipy.special.logsumexp`` for one axis.
+
+    A row of -inf gives -inf, a +inf gives +inf, a NaN gives NaN. The result has ``x.shape``
+    without ``axis``.
+
+    >>> logsumexp(np.array([1.0, 2.0, 3.0]))
+    np.float64(3.4076059644443806)
+    """
+    arr, result = check.float_array(x, "x")
+    check.at_least_1d(arr, "x")
+    ax = check.normalise_axis(axis, arr.ndim)
+    check.n_classes(arr.shape, ax, "x")
+    nt = _threads(n_threads)
+    out_shape = arr.shape[:ax] + arr.shape[ax + 1:]
+    out = _prepare_out(out, out_shape, result, {"x": x})
+    a, c, b = _split(arr.shape, ax)
+    res = _Result(out, out_shape, (a, b), arr.dtype, result)
+    _backend.kernels.logsumexp(arr.reshape(a, c, b), res.kernel_view, nt)
+    value = res.finish()
+    return value if out is not None or value.ndim else value[()]
+
+
+# ------------------------------------------------------------------------------------------
+# Loss machinery shared by both families
+# ------------------------------------------------------------------------------------------
+
+class _Problem:
+    """Validated logits and labels of one loss call, viewed as (A, C, B) rows."""
+
+    def __init__(self, logits: np.ndarray, axis: int, result: np.dtype) -> None:
+        self.logits, self.result = logits, result
+        self.a, self.c, self.b = _split(logits.shape, axis)
+        self.x3 = logits.reshape(self.a, self.c, self.b)
+        self.loss_shape = logits.shape[:axis] + logits.shape[axis + 1:]
+
+
+def _run(problem: _Problem, labels: np.ndarray, sparse: bool, *, weight: np.ndarray | None,
+         ignore_index: int | None, smoothing: float, reduction: str, grad: _Result | None,
+         grad_output: Any, n_threads: int) -> np.ndarray | np.generic:
+    """Validate the labels against the classes, run the fused kernel, reduce the loss."""
+    kernels = _backend.kernels
+    p = problem
+    n_rows = p.a * p.b
+    if sparse:
+        labels2 = labels.reshape(p.a, p.b)
+        n_bad, weight_total = kernels.sparse_label_check(
+            labels2, p.c, 0 if ignore_index is None else ignore_index, ignore_index is not None,
+            weight, n_threads)
+        if n_bad:
+            raise check.bad_label_error(labels, p.c, ignore_index)
+    else:
+        labels3 = labels.reshape(p.a, p.c, p.b)
+        weight_total = float(n_rows)  # probability targets: mean over the rows, not the weights
+    denominator = weight_total if reduction == "mean" else 1.0
+
+    grad_scale, grad_rows = 1.0, None
+    if grad is not None:
+        grad_scale, rows = check.grad_output(grad_output, reduction, p.loss_shape)
+        if rows is not None:
+            grad_rows = rows.reshape(p.a, p.b)
+        # mean with every target ignored: the loss is NaN (0/0) and the gradient all zeros
+        grad_scale = grad_scale / denominator if denominator != 0.0 else 0.0
+
+    loss_rows = np.empty((p.a, p.b), dtype=np.float64)
+    kernel_grad = grad.kernel_view if grad is not None else None
+    if sparse:
+        kernels.sparse_xent(p.x3, labels2, weight, 0 if ignore_index is None else ignore_index,
+                            ignore_index is not None, smoothing, loss_rows, kernel_grad,
+                            grad_scale, grad_rows, n_threads)
+    else:
+        kernels.dense_xent(p.x3, labels3, weight, smoothing, loss_rows, kernel_grad, grad_scale,
+                           grad_rows, n_threads)
+
+    if reduction == "none":
+        losses = loss_rows.reshape(p.loss_shape).astype(p.result, copy=False)
+        return losses if losses.ndim else losses[()]
+    total = float(loss_rows.sum())  # pairwise, in a fixed order: the same bits for any n_threads
+    if reduction == "sum":
+        return _scalar(total, p.result)
+    return _scalar(total / denominator if denominator != 0.0 else float("nan"), p.result)
+
+
+def _grad_result(problem: _Problem, out: Any, inputs: dict[str, Any], in_place_ok: Any) -> _Result:
+    out = _prepare_out(out, problem.logits.shape, problem.result, inputs, in_place_ok)
+    return _Result(out, problem.logits.shape, (problem.a, problem.c, problem.b),
+                   problem.logits.dtype, problem.result)
+
+
+# ------------------------------------------------------------------------------------------
+# TensorFlow family
+# ------------------------------------------------------------------------------------------
+
+def _tf_dense(labels, logits, axis, out, n_threads, with_grad):
+    x, result = check.float_array(logits, "logits")
+    check.at_least_1d(x, "logits")
+    ax = check.normalise_axis(axis, x.ndim)
+    check.n_classes(x.shape, ax, "logits")
+    t = check.dense_labels(labels, x.shape, x.dtype, "logits", "labels")
+    nt = _threads(n_threads)
+    problem = _Problem(x, ax, result)
+    grad = _grad_result(problem, out, {"logits": logits, "labels": labels}, logits) if with_grad else None
+    loss = _run(problem, t, False, weight=None, ignore_index=None, smoothing=0.0, reduction="none",
+                grad=grad, grad_output=1.0, n_threads=nt)
+    return (loss, grad.finish()) if with_grad else loss
+
+
+def softmax_cross_entropy_with_logits(labels: ArrayLike, logits: ArrayLike, axis: int = -1, *,
+                                      n_threads: int | None = None) -> np.ndarray | np.generic:
+    """Per-example cross-entropy with dense labels, as ``tf.nn.softmax_cross_entropy_with_logits``.
+
+    ``loss = sum_c labels_c * (logsumexp(logits) - logits_c)`` along ``axis``; ``labels`` has the
+    shape of ``logits`` (a distribution per row); the result has ``logits.shape`` without ``axis``.
+
+    >>> softmax_cross_entropy_with_logits([[1.0, 0.0, 0.0], [0.0, 0.8, 0.2]],
+    ...                                   [[4.0, 2.0, 1.0], [0.0, 5.0, 1.0]])
+    array([0.16984602, 0.82474494])
+    """
+    return _tf_dense(labels, logits, axis, None, n_threads, with_grad=False)
+
+
+def softmax_cross_entropy_with_logits_and_grad(labels: ArrayLike, logits: ArrayLike, axis: int = -1, *,
+                                               out: np.ndarray | None = None,
+                                               n_threads: int | None = None):
+    """``(loss, backprop)``: the per-example loss and its gradient w.r.t. ``logits``, fused.
+
+    ``backprop = (sum labels) * softmax(logits) - labels``: the true gradient of the summed loss
+    (TensorFlow's raw op returns ``softmax - labels``, which is only right when each row of
+    labels sums to 1). ``out`` receives the gradient; ``out=logits`` computes it in place.
+    """
+    return _tf_dense(labels, logits, axis, out, n_threads, with_grad=True)
+
+
+def _tf_sparse(labels, logits, out, n_threads, with_grad):
+    x, result = check.float_array(logits, "logits")
+    check.at_least_1d(x, "logits")
+    ax = x.ndim - 1
+    check.n_classes(x.shape, ax, "logits")
+    y = check.sparse_labels(labels, x.shape[:-1], "logits", x.shape, "labels")
+    nt = _threads(n_threads)
+    problem = _Problem(x, ax, result)
+    grad = _grad_result(problem, out, {"logits": logits, "labels": labels}, logits) if with_grad else None
+    loss = _run(problem, y, True, weight=None, ignore_index=None, smoothing=0.0, reduction="none",
+                grad=grad, grad_output=1.0, n_threads=nt)
+    return (loss, grad.finish()) if with_grad else loss
+
+
+def sparse_softmax_cross_entropy_with_logits(labels: ArrayLike, logits: ArrayLike, *,
+                                             n_threads: int | None = None) -> np.ndarray | np.generic:
+    """Per-example cross-entropy with class-index labels, as
+    ``tf.nn.sparse_softmax_cross_entropy_with_logits``: ``logsumexp(logits) - logits[labels]``.
+
+    ``labels`` are integers of any width with shape ``logits.shape[:-1]``; an index outside
+    ``[0, C)`` raises IndexError.
+
+    >>> sparse_softmax_cross_entropy_with_logits([0, 3, 1], [[2.0, -5.0, 0.5, -0.1],
+    ...     [0.0, 0.0, 1.9, 1.4], [-100.0, 100.0, -100.0, -100.0]])
+    array([0.29750752, 1.14483244, 0.        ])
+    """
+    return _tf_sparse(labels, logits, None, n_threads, with_grad=False)
+
+
+def sparse_softmax_cross_entropy_with_logits_and_grad(labels: ArrayLike, logits: ArrayLike, *,
+                                                      out: np.ndarray | None = None,
+                                                      n_threads: int | None = None):
+    """``(loss, backprop)`` with ``backprop = softmax(logits) - one_hot(labels)``, fused in one pass
+    over the logits, as ``tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits``."""
+    return _tf_sparse(labels, logits, out, n_threads, with_grad=True)
+
+
+# ------------------------------------------------------------------------------------------
+# PyTorch family
+# ------------------------------------------------------------------------------------------
+
+def _torch_call(input, target, weight, ignore_index, reduction, label_smoothing, n_threads,
+                with_grad, grad_output=1.0, out=None):
+    x, result = check.float_array(input, "input")
+    check.at_least_1d(x, "input")
+    ax = 0 if x.ndim == 1 else 1
+    c = check.n_classes(x.shape, ax, "input")
+    reduction = check.reduction(reduction)
+    smoothing = check.label_smoothing(label_smoothing)
+    ignore = check.ignore_index(ignore_index)
+    w = check.class_weight(weight, c)
+    nt = _threads(n_threads)
+    t = np.asarray(target)
+    sparse = t.dtype.kind in "iu"
+    if sparse:
+        labels = check.sparse_labels(t, x.shape[:ax] + x.shape[ax + 1:], "input", x.shape, "target")
+    elif t.dtype.kind == "f":
+        labels = check.dense_labels(t, x.shape, x.dtype, "input", "target (class probabilities)")
+    else:
+        raise TypeError(
+            f"target must be integer class indices or floating class probabilities; got dtype {t.dtype}"
+        )
+    problem = _Problem(x, ax, result)
+    grad = None
+    if with_grad:
+        grad = _grad_result(problem, out, {"input": input, "target": target, "weight": weight,
+                                           "grad_output": grad_output}, input)
+    loss = _run(problem, labels, sparse, weight=w, ignore_index=ignore if sparse else None,
+                smoothing=smoothing, reduction=reduction, grad=grad, grad_output=grad_output,
+                n_threads=nt)
+    return (loss, grad.finish()) if with_grad else loss
+
+
+def cross_entropy(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
+                  ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
+                  n_threads: int | None = None) -> np.ndarray | np.generic:
+    """Cross-entropy of logits, as ``torch.nn.functional.cross_entropy``.
+
+    ``input`` is ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)`` (classes on axis 1, or 0 for 1-D).
+    An integer ``target`` of shape ``(N, d1, ..., dK)`` holds class indices:
+    ``l_n = w[y_n] * (logsumexp(x_n) - x_n[y_n])``, rows equal to ``ignore_index`` contribute
+    nothing, and ``mean`` divides by the total weight of the other rows. A floating ``target`` of
+    ``input``'s shape holds class probabilities (``mean`` divides by the number of rows).
+    ``label_smoothing`` mixes the target with the uniform distribution, as PyTorch does.
+
+    >>> cross_entropy(np.array([[1., 2., 3.], [2., 1., 3.], [3., 2., 1.]], np.float32), [0, 1, 2])
+    np.float32(2.407606)
+    """
+    return _torch_call(input, target, weight, ignore_index, reduction, label_smoothing, n_threads,
+                       with_grad=False)
+
+
+def cross_entropy_with_grad(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
+                            ignore_index: int = -100, reduction: str = "mean",
+                            label_smoothing: float = 0.0, grad_output: ArrayLike = 1.0,
+                            out: np.ndarray | None = None, n_threads: int | None = None):
+    """``(loss, grad)``: ``cross_entropy`` and ``d(grad_output * loss) / d input``, fused.
+
+    ``grad_output`` is a scalar for ``mean``/``sum`` and an array of the loss's shape (or
+    broadcastable to it) for ``none``. ``out`` receives the gradient; ``out=input`` computes it
+    in place (opt-in: the logits are overwritten).
+    """
+    return _torch_call(input, target, weight, ignore_index, reduction, label_smoothing, n_threads,
+                       with_grad=True, grad_output=grad_output, out=out)
+
+
+class CrossEntropyLoss:
+    """The loss as an object, as ``torch.nn.CrossEntropyLoss``: arguments are checked once.
+
+    >>> loss_fn = CrossEntropyLoss()
+    >>> loss_fn(np.array([[1., 2., 3.], [2., 1., 3.], [3., 2., 1.]], np.float32), np.array([0, 1, 2]))
+    np.float32(2.407606)
+    """
+
+    def __init__(self, weight: ArrayLike | None = None, ignore_index: int = -100,
+                 reduction: str = "mean", label_smoothing: float = 0.0) -> None:
+        self.weight = None if weight is None else np.array(weight, dtype=np.float64)
+        self.ignore_index = check.ignore_index(ignore_index)
+        self.reduction = check.reduction(reduction)
+        self.label_smoothing = check.label_smoothing(label_smoothing)
+
+    def __call__(self, input: ArrayLike, target: ArrayLike, *, n_threads: int | None = None):
+        return cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
+                             reduction=self.reduction, label_smoothing=self.label_smoothing,
+                             n_threads=n_threads)
+
+    def with_grad(self, input: ArrayLike, target: ArrayLike, grad_output: ArrayLike = 1.0, *,
+                  out: np.ndarray | None = None, n_threads: int | None = None):
+        """``(loss, grad)`` as ``cross_entropy_with_grad``."""
+        return cross_entropy_with_grad(input, target, weight=self.weight,
+                                       ignore_index=self.ignore_index, reduction=self.reduction,
+                                       label_smoothing=self.label_smoothing,
+                                       grad_output=grad_output, out=out, n_threads=n_threads)
+
+    def __repr__(self) -> str:
+        weight = "None" if self.weight is None else f"array(shape={self.weight.shape})"
+        return (f"CrossEntropyLoss(weight={weight}, ignore_index={self.ignore_index}, "
+                f"reduction={self.reduction!r}, label_smoothing={self.label_smoothing})")

@@ -1,0 +1,42 @@
+"""Choose the kernel module: the compiled ``_kernels_c``, or the NumPy fallback ``_kernels_py``.
+
+``FASTXENT_PURE_PYTHON=1`` forces the fallback; ``FASTXENT_REQUIRE_EXTENSION=1`` makes a missing
+compiled module an ImportError instead of a fallback (CI sets it, so the fallback is never
+tested twice by accident). Both are read once, at import. The public functions look up
+``kernels`` at call time, so the test suite can swap it to run every test on both modules.
+"""
+
+import os
+from types import ModuleType
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _load() -> tuple[ModuleType, str]:
+    if _flag("FASTXENT_PURE_PYTHON"):
+        if _flag("FASTXENT_REQUIRE_EXTENSION"):
+            raise ImportError(
+                "fastxent: FASTXENT_PURE_PYTHON and FASTXENT_REQUIRE_EXTENSION are both set"
+            )
+        from . import _kernels_py
+
+        return _kernels_py, "python"
+    try:
+        from . import _kernels_c
+    except ImportError as exc:
+        if _flag("FASTXENT_REQUIRE_EXTENSION"):
+            raise ImportError(
+                "fastxent: the compiled extension fastxent._kernels_c is missing or broken "
+                f"({exc}) and FASTXENT_REQUIRE_EXTENSION is set; rebuild with "
+                "`pip install --force-reinstall --no-cache-dir .`"
+            ) from exc
+        from . import _kernels_py
+
+        return _kernels_py, "python"
+    return _kernels_c, "compiled"
+
+
+kernels, name = _load()
+openmp_enabled: bool = bool(kernels.openmp_enabled)

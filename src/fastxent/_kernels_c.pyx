@@ -1,0 +1,454 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+# cython: cdivision=True, cpow=True
+"""Compiled softmax / cross-entropy kernels.
+
+Every kernel sees its data as 3-D strided views ``(A, C, B)``: ``C`` is the class axis and each
+of the ``A * B`` positions ``(a, b)`` is one *row* (for a 2-D ``(N, C)`` array with classes last,
+``A = N`` and ``B = 1``; for PyTorch's ``(N, C, d1, ...)``, ``A = N`` and ``B = d1 * ...``).
+A class axis that is not last is therefore read through its stride, never transposed.
+
+Kernels write into buffers they are given, never allocate per row, never validate and never
+raise: the API layer (``_api.py``) checks arguments, allocates outputs and turns the counts these
+kernels return into exceptions. ``_kernels_py.py`` mirrors every function here in NumPy.
+
+Numerics (see NUMERICS.md): per row, ``m = max x`` (NaN ignored), then
+``s_rest = sum_c exp(x_c - m) - 1`` summed *without* the one term ``exp(0) = 1`` of the maximum,
+so that ``log s = log1p(s_rest)`` keeps tiny losses. Everything is accumulated in double, also
+for float32 input. A row whose maximum is not finite (all -inf, or a +inf) is NaN.
+"""
+
+from cython.parallel cimport prange
+from libc.math cimport exp, log1p, INFINITY, NAN, isnan
+from libc.stdint cimport (int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t,
+                          uint64_t, INT64_MAX)
+
+cimport cython
+from cython cimport floating
+
+import numpy as np
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    #define FASTXENT_OPENMP 1
+    #else
+    #define FASTXENT_OPENMP 0
+    static int omp_get_max_threads(void) { return 1; }
+    #endif
+    """
+    int FASTXENT_OPENMP
+    int omp_get_max_threads() noexcept nogil
+
+openmp_enabled = bool(FASTXENT_OPENMP)
+
+ctypedef fused label_t:
+    int8_t
+    int16_t
+    int32_t
+    int64_t
+    uint8_t
+    uint16_t
+    uint32_t
+    uint64_t
+
+# Below this many elements a parallel region costs more than it saves.
+cdef Py_ssize_t MIN_ELEMENTS_PER_THREAD = 32768
+# Rows per block of the label check's weight sum: a fixed partition, so the sum of the per-block
+# partial sums has the same bits for every thread count.
+cdef Py_ssize_t LABEL_BLOCK = 4096
+
+cdef enum:
+    IGNORED = -1
+    BAD_LABEL = -2
+
+
+def max_threads():
+    """The number of threads OpenMP would use now (1 without OpenMP)."""
+    return omp_get_max_threads()
+
+
+cdef inline int _threads_for(int n_threads, Py_ssize_t n_rows, Py_ssize_t n_classes) noexcept nogil:
+    """Thread count for a call: small problems stay on the calling thread."""
+    cdef Py_ssize_t useful = (n_rows * n_classes) // MIN_ELEMENTS_PER_THREAD
+    if useful < 1:
+        return 1
+    if useful < n_threads:
+        return <int>useful
+    return n_threads
+
+
+# --------------------------------------------------------------------------------------------
+# Scalar helpers: one per formula, shared by every kernel.
+# --------------------------------------------------------------------------------------------
+
+cdef inline double _row_max(const floating* x, Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
+    """max_c x_c ignoring NaN; -inf for a row of -inf or NaN only."""
+    cdef floating m = -INFINITY
+    cdef floating v
+    cdef Py_ssize_t c
+    for c in range(n):
+        v = x[c * stride]
+        m = v if v > m else m
+    return m
+
+
+cdef inline double _row_sum_rest(const floating* x, Py_ssize_t n, Py_ssize_t stride, double m,
+                                 floating* e_out, Py_ssize_t e_stride) noexcept nogil:
+    """sum_c exp(x_c - m) - 1, without ever adding the 1 of the maximum.
+
+    The terms equal to exp(0) are counted instead of summed, so the small terms are not absorbed
+    by a 1. When ``e_out`` is not NULL, exp(x_c - m) is stored there (the gradient buffer: exp is
+    computed once per element). ``e_out`` may be ``x`` itself (in-place): each element is read
+    before it is written.
+    """
+    cdef double acc = 0.0, d, e
+    cdef Py_ssize_t c, n_max = 0
+    for c in range(n):
+        d = x[c * stride] - m
+        if d == 0.0:
+            n_max += 1
+            e = 1.0
+        else:
+            e = exp(d)
+            acc += e
+        if e_out != NULL:
+            e_out[c * e_stride] = <floating>e
+    return acc + <double>(n_max - 1)
+
+
+cdef inline Py_ssize_t _class_index(label_t label, Py_ssize_t n_classes, int64_t ignore_index,
+                                    bint has_ignore) noexcept nogil:
+    """The class index of a label, IGNORED, or BAD_LABEL (negative or >= n_classes)."""
+    cdef int64_t i
+    if label_t is uint64_t:
+        if label > <uint64_t>INT64_MAX:
+            return BAD_LABEL
+    i = <int64_t>label
+    if has_ignore and i == ignore_index:
+        return IGNORED
+    if i < 0 or i >= n_classes:
+        return BAD_LABEL
+    return <Py_ssize_t>i
+
+
+cdef inline void _fill_row(floating* g, Py_ssize_t n, Py_ssize_t stride, double value) noexcept nogil:
+    cdef Py_ssize_t c
+    for c in range(n):
+        g[c * stride] = <floating>value
+
+
+cdef inline void _scale_row(floating* g, Py_ssize_t n, Py_ssize_t stride, double factor) noexcept nogil:
+    cdef Py_ssize_t c
+    for c in range(n):
+        g[c * stride] = <floating>(g[c * stride] * factor)
+
+
+# --------------------------------------------------------------------------------------------
+# Normalisers
+# --------------------------------------------------------------------------------------------
+
+cdef inline double _row_logsumexp(const floating* x, Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
+    cdef double m = _row_max(x, n, stride)
+    cdef Py_ssize_t c
+    if m == INFINITY or m == -INFINITY:
+        # All -inf gives -inf and a +inf gives +inf (as scipy and torch), unless a NaN is there.
+        for c in range(n):
+            if isnan(x[c * stride]):
+                return NAN
+        return m
+    return m + log1p(_row_sum_rest(x, n, stride, m, <floating*>NULL, 0))
+
+
+def logsumexp(const floating[:, :, :] x, floating[:, :] out, int n_threads):
+    """out[a, b] = log sum_c exp(x[a, c, b])."""
+    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], r, a, b
+    cdef Py_ssize_t xs0 = x.strides[0] // sizeof(floating), xs1 = x.strides[1] // sizeof(floating)
+    cdef Py_ssize_t xs2 = x.strides[2] // sizeof(floating)
+    cdef Py_ssize_t os0 = out.strides[0] // sizeof(floating), os1 = out.strides[1] // sizeof(floating)
+    cdef const floating* xp
+    cdef floating* op
+    if A * B == 0:
+        return
+    xp = &x[0, 0, 0]
+    op = &out[0, 0]
+    for r in prange(A * B, nogil=True, schedule="static",
+                    num_threads=_threads_for(n_threads, A * B, C)):
+        a = r // B
+        b = r % B
+        op[a * os0 + b * os1] = <floating>_row_logsumexp(xp + a * xs0 + b * xs2, C, xs1)
+
+
+cdef void _softmax_row(const floating* x, Py_ssize_t n, Py_ssize_t xs, floating* out,
+                       Py_ssize_t os, bint log_output) noexcept nogil:
+    cdef double m = _row_max(x, n, xs)
+    cdef double s_rest, shift
+    cdef Py_ssize_t c
+    if m == INFINITY or m == -INFINITY:
+        _fill_row(out, n, os, NAN)
+        return
+    if log_output:
+        s_rest = _row_sum_rest(x, n, xs, m, <floating*>NULL, 0)
+        shift = m + log1p(s_rest)
+        for c in range(n):
+            out[c * os] = <floating>(x[c * xs] - shift)
+    else:
+        s_rest = _row_sum_rest(x, n, xs, m, out, os)
+        _scale_row(out, n, os, 1.0 / (1.0 + s_rest))
+
+
+cdef void _softmax_kernel(const floating[:, :, :] x, floating[:, :, :] out, int n_threads,
+                          bint log_output) noexcept nogil:
+    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], r, a, b
+    cdef Py_ssize_t xs0 = x.strides[0] // sizeof(floating), xs1 = x.strides[1] // sizeof(floating)
+    cdef Py_ssize_t xs2 = x.strides[2] // sizeof(floating)
+    cdef Py_ssize_t os0 = out.strides[0] // sizeof(floating), os1 = out.strides[1] // sizeof(floating)
+    cdef Py_ssize_t os2 = out.strides[2] // sizeof(floating)
+    cdef const floating* xp
+    cdef floating* op
+    if A * B == 0:
+        return
+    xp = &x[0, 0, 0]
+    op = &out[0, 0, 0]
+    for r in prange(A * B, schedule="static", num_threads=_threads_for(n_threads, A * B, C)):
+        a = r // B
+        b = r % B
+        _softmax_row(xp + a * xs0 + b * xs2, C, xs1, op + a * os0 + b * os2, os1, log_output)
+
+
+def softmax(const floating[:, :, :] x, floating[:, :, :] out, int n_threads):
+    """out = exp(x - logsumexp(x)) along the class axis; ``out`` may be ``x`` itself."""
+    with nogil:
+        _softmax_kernel(x, out, n_threads, False)
+
+
+def log_softmax(const floating[:, :, :] x, floating[:, :, :] out, int n_threads):
+    """out = x - logsumexp(x) along the class axis; ``out`` may be ``x`` itself."""
+    with nogil:
+        _softmax_kernel(x, out, n_threads, True)
+
+
+# --------------------------------------------------------------------------------------------
+# Sparse (integer) labels
+# --------------------------------------------------------------------------------------------
+
+def sparse_label_check(const label_t[:, :] labels, Py_ssize_t n_classes, int64_t ignore_index,
+                       bint has_ignore, const double[::1] weight, int n_threads):
+    """Validate labels (A, B) and sum the weights of the rows that are not ignored.
+
+    Returns ``(n_bad, weight_total)``: the number of labels outside [0, n_classes) that are not
+    ``ignore_index``, and sum_n weight[y_n] over non-ignored rows (their count when ``weight`` is
+    None). The sum runs over fixed blocks of rows, so its bits do not depend on ``n_threads``.
+    """
+    cdef Py_ssize_t A = labels.shape[0], B = labels.shape[1]
+    cdef Py_ssize_t n_rows = A * B
+    cdef Py_ssize_t n_blocks = (n_rows + LABEL_BLOCK - 1) // LABEL_BLOCK
+    cdef bint weighted = weight is not None
+    cdef double[::1] partial = np.zeros(max(n_blocks, 1), dtype=np.float64)
+    cdef Py_ssize_t n_bad = 0, blk, r, r_end, y
+    cdef double block_total, total = 0.0
+    for blk in prange(n_blocks, nogil=True, schedule="static",
+                      num_threads=_threads_for(n_threads, n_rows, 8)):
+        block_total = 0.0
+        r_end = min((blk + 1) * LABEL_BLOCK, n_rows)
+        for r in range(blk * LABEL_BLOCK, r_end):
+            y = _class_index(labels[r // B, r % B], n_classes, ignore_index, has_ignore)
+            if y == BAD_LABEL:
+                n_bad += 1
+            elif y != IGNORED:
+                block_total = block_total + (weight[y] if weighted else 1.0)
+        partial[blk] = block_total
+    for blk in range(n_blocks):
+        total += partial[blk]
+    return n_bad, total
+
+
+cdef void _sparse_row(const floating* x, Py_ssize_t n, Py_ssize_t xs, Py_ssize_t y,
+                      const double* weight, double weight_sum, double smoothing,
+                      double* loss, floating* g, Py_ssize_t gs, double grad_coef) noexcept nogil:
+    """Loss and gradient of one row with class index y (already checked to be in range).
+
+    loss = (1 - eps) w_y (lse - x_y) + (eps / C) sum_c w_c (lse - x_c)
+    grad = grad_coef * d loss / d x; ``g`` is NULL for the loss alone, and may alias ``x``.
+    """
+    cdef double m = _row_max(x, n, xs)
+    cdef double x_y = x[y * xs]
+    cdef double w_y = weight[y] if weight != NULL else 1.0
+    cdef double s_rest, log_s, inv_s, nll, p_y, p_y_minus_1, smooth_dot = 0.0
+    cdef double a_coef, k_coef, w_c
+    cdef Py_ssize_t c
+    if m == INFINITY or m == -INFINITY:
+        loss[0] = NAN
+        if g != NULL:
+            _fill_row(g, n, gs, NAN)
+        return
+    if smoothing != 0.0:
+        # sum_c w_c (x_c - m), read before the gradient buffer (possibly x itself) is written.
+        for c in range(n):
+            w_c = weight[c] if weight != NULL else 1.0
+            if w_c != 0.0:
+                smooth_dot += w_c * (x[c * xs] - m)
+    s_rest = _row_sum_rest(x, n, xs, m, g, gs)
+    log_s = log1p(s_rest)
+    nll = log_s - (x_y - m)
+    if smoothing != 0.0:
+        loss[0] = (1.0 - smoothing) * w_y * nll + (smoothing / n) * (weight_sum * log_s - smooth_dot)
+    else:
+        loss[0] = w_y * nll
+    if g == NULL:
+        return
+    inv_s = 1.0 / (1.0 + s_rest)
+    # p_y in double (not from the rounded buffer), and p_y - 1 without cancellation: when x_y is
+    # the maximum, exp(x_y - m) = 1 and p_y - 1 = -s_rest / s exactly.
+    p_y = exp(x_y - m) * inv_s
+    p_y_minus_1 = -s_rest * inv_s if x_y == m else p_y - 1.0
+    # g_c = coef * (A p_c - k w_c) for c != y, with A = (1 - eps) w_y + (eps / C) W, k = eps / C
+    k_coef = smoothing / n
+    a_coef = (1.0 - smoothing) * w_y + k_coef * weight_sum
+    if smoothing == 0.0:
+        _scale_row(g, n, gs, grad_coef * w_y * inv_s)
+    else:
+        for c in range(n):
+            w_c = weight[c] if weight != NULL else 1.0
+            g[c * gs] = <floating>(grad_coef * (a_coef * (g[c * gs] * inv_s) - k_coef * w_c))
+    g[y * gs] = <floating>(grad_coef * ((1.0 - smoothing) * w_y * p_y_minus_1
+                                        + k_coef * (weight_sum * p_y - w_y)))
+
+
+def sparse_xent(const floating[:, :, :] x, const label_t[:, :] labels, const double[::1] weight,
+                int64_t ignore_index, bint has_ignore, double smoothing, double[:, :] loss_out,
+                floating[:, :, :] grad_out, double grad_scale, const double[:, :] grad_rows,
+                int n_threads):
+    """Cross-entropy of logits x (A, C, B) with class-index labels (A, B): forward, backward or both.
+
+    loss_out (A, B), float64: per-row losses (0 for ignored rows); always written.
+    grad_out (A, C, B) or None: d(sum_r coef_r * loss_r)/dx with coef_r = grad_scale times
+    grad_rows[a, b] when grad_rows is given. May be ``x`` itself (in-place). Ignored rows get 0.
+    weight (C,) float64 or None; smoothing in [0, 1]. Returns the number of bad labels met
+    (rows with a bad label get NaN; the API checks labels first, so this is normally 0).
+    """
+    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], r, a, b, y
+    cdef Py_ssize_t xs0 = x.strides[0] // sizeof(floating), xs1 = x.strides[1] // sizeof(floating)
+    cdef Py_ssize_t xs2 = x.strides[2] // sizeof(floating)
+    cdef Py_ssize_t gs0 = 0, gs1 = 0, gs2 = 0
+    cdef bint with_grad = grad_out is not None, with_rows = grad_rows is not None
+    cdef const double* wp = NULL
+    cdef double weight_sum = <double>C, coef
+    cdef const floating* xp
+    cdef floating* gp = NULL
+    cdef floating* grow
+    cdef Py_ssize_t n_bad = 0
+    if A * B == 0:
+        return 0
+    if weight is not None:
+        wp = &weight[0]
+        weight_sum = 0.0
+        for y in range(C):
+            weight_sum += wp[y]
+    xp = &x[0, 0, 0]
+    if with_grad:
+        gp = &grad_out[0, 0, 0]
+        gs0 = grad_out.strides[0] // sizeof(floating)
+        gs1 = grad_out.strides[1] // sizeof(floating)
+        gs2 = grad_out.strides[2] // sizeof(floating)
+    for r in prange(A * B, nogil=True, schedule="static",
+                    num_threads=_threads_for(n_threads, A * B, C)):
+        a = r // B
+        b = r % B
+        grow = gp + a * gs0 + b * gs2 if with_grad else NULL
+        y = _class_index(labels[a, b], C, ignore_index, has_ignore)
+        if y < 0:
+            if y == BAD_LABEL:
+                n_bad += 1
+            loss_out[a, b] = 0.0 if y == IGNORED else NAN
+            if with_grad:
+                _fill_row(grow, C, gs1, 0.0 if y == IGNORED else NAN)
+            continue
+        coef = grad_scale * grad_rows[a, b] if with_rows else grad_scale
+        _sparse_row(xp + a * xs0 + b * xs2, C, xs1, y, wp, weight_sum, smoothing,
+                    &loss_out[a, b], grow, gs1, coef)
+    return n_bad
+
+
+# --------------------------------------------------------------------------------------------
+# Dense labels (a distribution, or any non-negative mass, per row)
+# --------------------------------------------------------------------------------------------
+
+cdef void _dense_row(const floating* x, Py_ssize_t n, Py_ssize_t xs, const floating* t,
+                     Py_ssize_t ts, const double* weight, double smoothing, double* loss,
+                     floating* g, Py_ssize_t gs, double grad_coef) noexcept nogil:
+    """Loss and gradient of one row with label mass t (smoothed to (1 - eps) t + eps / C).
+
+    With q_c = w_c t_c: loss = sum_c q_c (lse - x_c) = Q log s - sum_c q_c (x_c - m), Q = sum q;
+    grad = grad_coef (Q p - q), the true gradient also when Q != 1. Terms with q_c = 0 are skipped,
+    so a -inf logit with no label mass costs nothing and gets gradient 0.
+    """
+    cdef double m = _row_max(x, n, xs)
+    cdef double mass = 0.0, dot = 0.0, q, s_rest, log_s, inv_s
+    cdef double keep = 1.0 - smoothing, spread = smoothing / n
+    cdef Py_ssize_t c
+    if m == INFINITY or m == -INFINITY:
+        loss[0] = NAN
+        if g != NULL:
+            _fill_row(g, n, gs, NAN)
+        return
+    for c in range(n):
+        q = keep * t[c * ts] + spread
+        if weight != NULL:
+            q = q * weight[c]
+        if q != 0.0:
+            mass += q
+            dot += q * (x[c * xs] - m)
+    s_rest = _row_sum_rest(x, n, xs, m, g, gs)
+    log_s = log1p(s_rest)
+    loss[0] = mass * log_s - dot
+    if g == NULL:
+        return
+    inv_s = 1.0 / (1.0 + s_rest)
+    for c in range(n):
+        q = keep * t[c * ts] + spread
+        if weight != NULL:
+            q = q * weight[c]
+        g[c * gs] = <floating>(grad_coef * (mass * (g[c * gs] * inv_s) - q))
+
+
+def dense_xent(const floating[:, :, :] x, const floating[:, :, :] labels, const double[::1] weight,
+               double smoothing, double[:, :] loss_out, floating[:, :, :] grad_out,
+               double grad_scale, const double[:, :] grad_rows, int n_threads):
+    """Cross-entropy of logits x (A, C, B) with label mass of the same shape: forward/backward/both.
+
+    Arguments as ``sparse_xent``; ``grad_out`` may be ``x`` itself but never ``labels``.
+    """
+    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], r, a, b
+    cdef Py_ssize_t xs0 = x.strides[0] // sizeof(floating), xs1 = x.strides[1] // sizeof(floating)
+    cdef Py_ssize_t xs2 = x.strides[2] // sizeof(floating)
+    cdef Py_ssize_t ts0 = labels.strides[0] // sizeof(floating)
+    cdef Py_ssize_t ts1 = labels.strides[1] // sizeof(floating)
+    cdef Py_ssize_t ts2 = labels.strides[2] // sizeof(floating)
+    cdef Py_ssize_t gs0 = 0, gs1 = 0, gs2 = 0
+    cdef bint with_grad = grad_out is not None, with_rows = grad_rows is not None
+    cdef const double* wp = NULL
+    cdef double coef
+    cdef const floating* xp
+    cdef const floating* tp
+    cdef floating* gp = NULL
+    cdef floating* grow
+    if A * B == 0:
+        return
+    if weight is not None:
+        wp = &weight[0]
+    xp = &x[0, 0, 0]
+    tp = &labels[0, 0, 0]
+    if with_grad:
+        gp = &grad_out[0, 0, 0]
+        gs0 = grad_out.strides[0] // sizeof(floating)
+        gs1 = grad_out.strides[1] // sizeof(floating)
+        gs2 = grad_out.strides[2] // sizeof(floating)
+    for r in prange(A * B, nogil=True, schedule="static",
+                    num_threads=_threads_for(n_threads, A * B, C)):
+        a = r // B
+        b = r % B
+        grow = gp + a * gs0 + b * gs2 if with_grad else NULL
+        coef = grad_scale * grad_rows[a, b] if with_rows else grad_scale
+        _dense_row(xp + a * xs0 + b * xs2, C, xs1, tp + a * ts0 + b * ts2, ts1, wp, smoothing,
+                   &loss_out[a, b], grow, gs1, coef)

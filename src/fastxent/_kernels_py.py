@@ -1,0 +1,204 @@
+"""Pure-NumPy kernels: the same functions, arguments and results as the compiled ``_kernels_c``.
+
+Used where the extension could not be built, or when ``FASTXENT_PURE_PYTHON=1``. Data arrive as
+3-D ``(A, C, B)`` views with the class axis in the middle (see ``_kernels_c.pyx``). The rows are
+processed in blocks of about ``BLOCK_ELEMENTS`` logits, so the float64 temporaries stay small
+and cache-resident whatever the size of the input (never more than two of them per block).
+
+The formulas are those of the compiled kernels, term for term (max ignoring NaN, the sum of
+exponentials without the 1 of the maximum, ``log1p``), so both backends agree within a few ulps;
+only the order of summation differs (NumPy sums pairwise).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+openmp_enabled = False
+
+# Logits per block: 64 Ki float64 temporaries are 512 KiB, which stays in a core's L2 cache.
+BLOCK_ELEMENTS = 1 << 16
+# Rows per block of the label check's weight sum (as in the compiled module).
+LABEL_BLOCK = 4096
+
+
+def max_threads() -> int:
+    """The fallback runs on the calling thread only."""
+    return 1
+
+
+def _blocks(shape: tuple[int, int, int]):
+    """Yield (a-slice, b-slice) pairs covering the rows of an (A, C, B) array in small blocks."""
+    n_a, n_classes, n_b = shape
+    per_a = n_b * n_classes
+    if per_a <= BLOCK_ELEMENTS:
+        step = max(1, BLOCK_ELEMENTS // max(per_a, 1))
+        for a0 in range(0, n_a, step):
+            yield slice(a0, a0 + step), slice(None)
+    else:
+        step = max(1, BLOCK_ELEMENTS // n_classes)
+        for a in range(n_a):
+            for b0 in range(0, n_b, step):
+                yield slice(a, a + 1), slice(b0, b0 + step)
+
+
+def _rows(arr: np.ndarray, sa: slice, sb: slice) -> np.ndarray:
+    """The block of an (A, C, B) array as an (a, b, C) view: one row per (a, b), classes last."""
+    return np.moveaxis(arr[sa, :, sb], 1, -1)
+
+
+class _RowStats:
+    """Per-row max and exponential sums of a block, the quantities every kernel starts from.
+
+    ``shifted`` holds x - m in float64 and ``exps`` exp(x - m) with the entries of the maximum
+    set to 0 (they are counted, not summed); ``s_rest`` = sum exp(x - m) - 1, ``finite`` marks
+    rows with a finite maximum.
+    """
+
+    def __init__(self, x: np.ndarray) -> None:
+        self.m = np.fmax.reduce(x, axis=-1, keepdims=True).astype(np.float64)  # fmax skips NaN
+        self.finite = np.isfinite(self.m[..., 0])
+        self.shifted = np.subtract(x, self.m, dtype=np.float64)
+        at_max = self.shifted == 0.0
+        self.exps = np.exp(self.shifted)
+        self.exps[at_max] = 0.0
+        self.s_rest = self.exps.sum(axis=-1) + (np.count_nonzero(at_max, axis=-1) - 1.0)
+        self.exps[at_max] = 1.0
+        self.log_s = np.log1p(self.s_rest)
+        self.inv_s = 1.0 / (1.0 + self.s_rest)
+
+
+def logsumexp(x: np.ndarray, out: np.ndarray, n_threads: int) -> None:
+    with np.errstate(all="ignore"):
+        for sa, sb in _blocks(x.shape):
+            xb = _rows(x, sa, sb)
+            st = _RowStats(xb)
+            lse = st.m[..., 0] + st.log_s
+            # All -inf gives -inf and a +inf gives +inf (as scipy and torch), unless a NaN is there.
+            infinite = ~st.finite & ~np.isnan(xb).any(axis=-1)
+            lse[infinite] = st.m[..., 0][infinite]
+            out[sa, sb] = lse
+
+
+def _normalise(x: np.ndarray, out: np.ndarray, log_output: bool) -> None:
+    with np.errstate(all="ignore"):
+        for sa, sb in _blocks(x.shape):
+            st = _RowStats(_rows(x, sa, sb))
+            if log_output:
+                result = st.shifted - st.log_s[..., None]
+            else:
+                result = st.exps * st.inv_s[..., None]
+            result[~st.finite] = np.nan
+            _rows(out, sa, sb)[...] = result
+
+
+def softmax(x: np.ndarray, out: np.ndarray, n_threads: int) -> None:
+    _normalise(x, out, log_output=False)
+
+
+def log_softmax(x: np.ndarray, out: np.ndarray, n_threads: int) -> None:
+    _normalise(x, out, log_output=True)
+
+
+def _class_indices(labels: np.ndarray, n_classes: int, ignore_index: int, has_ignore: bool):
+    """(index as int64 with 0 where not a class, ignored mask, bad mask) of a label block."""
+    if labels.dtype == np.uint64:
+        too_big = labels > np.iinfo(np.int64).max
+        idx = np.where(too_big, -1, labels).astype(np.int64)
+    else:
+        idx = labels.astype(np.int64)
+    ignored = (idx == ignore_index) if has_ignore else np.zeros(idx.shape, dtype=bool)
+    bad = ~ignored & ((idx < 0) | (idx >= n_classes))
+    if labels.dtype == np.uint64:
+        bad |= too_big
+    return np.where(ignored | bad, 0, idx), ignored, bad
+
+
+def sparse_label_check(labels, n_classes, ignore_index, has_ignore, weight, n_threads):
+    flat = labels.reshape(-1)
+    n_bad = 0
+    total = 0.0
+    for start in range(0, flat.size, LABEL_BLOCK):
+        idx, ignored, bad = _class_indices(flat[start:start + LABEL_BLOCK], n_classes,
+                                           ignore_index, has_ignore)
+        n_bad += int(np.count_nonzero(bad))
+        counted = ~(ignored | bad)
+        total += float(weight[idx[counted]].sum()) if weight is not None else float(counted.sum())
+    return n_bad, total
+
+
+def _grad_coefs(grad_scale, grad_rows, sa, sb):
+    if grad_rows is None:
+        return grad_scale
+    return grad_scale * np.asarray(grad_rows[sa, sb], dtype=np.float64)
+
+
+def sparse_xent(x, labels, weight, ignore_index, has_ignore, smoothing, loss_out, grad_out,
+                grad_scale, grad_rows, n_threads):
+    n_classes = x.shape[1]
+    w_all = np.ones(n_classes) if weight is None else np.asarray(weight, dtype=np.float64)
+    weight_sum = float(n_classes) if weight is None else float(weight.sum())
+    k = smoothing / n_classes
+    n_bad = 0
+    with np.errstate(all="ignore"):
+        for sa, sb in _blocks(x.shape):
+            xb = _rows(x, sa, sb)
+            idx, ignored, bad = _class_indices(np.asarray(labels[sa, sb]), n_classes,
+                                               ignore_index, has_ignore)
+            n_bad += int(np.count_nonzero(bad))
+            skip = ignored | bad
+            st = _RowStats(xb)
+            shifted_y = np.take_along_axis(st.shifted, idx[..., None], axis=-1)[..., 0]
+            w_y = w_all[idx]
+            nll = st.log_s - shifted_y
+            if smoothing != 0.0:
+                # sum_c w_c (x_c - m), with 0 * -inf = 0 for classes of weight 0
+                dot = np.where(w_all != 0.0, st.shifted * w_all, 0.0).sum(axis=-1)
+                loss = (1.0 - smoothing) * w_y * nll + k * (weight_sum * st.log_s - dot)
+            else:
+                loss = w_y * nll
+            loss[~st.finite] = np.nan
+            loss[ignored] = 0.0
+            loss[bad] = np.nan
+            loss_out[sa, sb] = loss
+            if grad_out is None:
+                continue
+            coef = _grad_coefs(grad_scale, grad_rows, sa, sb) * np.ones(idx.shape)
+            p = st.exps * st.inv_s[..., None]
+            p_y = np.take_along_axis(p, idx[..., None], axis=-1)[..., 0]
+            # p_y - 1 without cancellation when x_y is the maximum: -s_rest / s
+            p_y_minus_1 = np.where(shifted_y == 0.0, -st.s_rest * st.inv_s, p_y - 1.0)
+            a_coef = (1.0 - smoothing) * w_y + k * weight_sum
+            grad = (coef * a_coef)[..., None] * p
+            if smoothing != 0.0:
+                grad -= (coef[..., None] * k) * w_all
+            g_y = coef * ((1.0 - smoothing) * w_y * p_y_minus_1 + k * (weight_sum * p_y - w_y))
+            np.put_along_axis(grad, idx[..., None], g_y[..., None], axis=-1)
+            grad[~st.finite] = np.nan
+            grad[ignored] = 0.0
+            grad[bad] = np.nan
+            _rows(grad_out, sa, sb)[...] = grad
+    return n_bad
+
+
+def dense_xent(x, labels, weight, smoothing, loss_out, grad_out, grad_scale, grad_rows, n_threads):
+    n_classes = x.shape[1]
+    with np.errstate(all="ignore"):
+        for sa, sb in _blocks(x.shape):
+            xb = _rows(x, sa, sb)
+            q = (1.0 - smoothing) * _rows(labels, sa, sb).astype(np.float64) + smoothing / n_classes
+            if weight is not None:
+                q *= weight
+            st = _RowStats(xb)
+            mass = q.sum(axis=-1)
+            # sum_c q_c (x_c - m), skipping q_c = 0 so that 0 * -inf is 0
+            dot = np.where(q != 0.0, q * st.shifted, 0.0).sum(axis=-1)
+            loss = mass * st.log_s - dot
+            loss[~st.finite] = np.nan
+            loss_out[sa, sb] = loss
+            if grad_out is None:
+                continue
+            coef = _grad_coefs(grad_scale, grad_rows, sa, sb) * np.ones(mass.shape)
+            grad = (coef * mass * st.inv_s)[..., None] * st.exps - coef[..., None] * q
+            grad[~st.finite] = np.nan
+            _rows(grad_out, sa, sb)[...] = grad

@@ -1,0 +1,244 @@
+"""Every argument check of the public API, and every error message, in one place.
+
+The functions here either return the argument in the form the kernels need (a native-byte-order
+array of a kernel dtype, a normalised axis, an int thread count, ...) or raise the exception a
+NumPy user expects, with a message that names the argument and the problem.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+
+REDUCTIONS = ("mean", "sum", "none")
+_INT64 = np.iinfo(np.int64)
+
+
+# ------------------------------------------------------------------------------------------
+# Arrays
+# ------------------------------------------------------------------------------------------
+
+def kernel_ready(arr: np.ndarray) -> np.ndarray:
+    """``arr`` itself when a kernel can read it in place, else a native, aligned copy.
+
+    Views, negative strides, Fortran order and read-only arrays pass unchanged; only
+    non-native byte order, misaligned data or strides that are not a multiple of the item size
+    (rare) are copied.
+    """
+    if not arr.dtype.isnative:
+        return arr.astype(arr.dtype.newbyteorder("="))
+    if not arr.flags.aligned or any(s % arr.itemsize for s in arr.strides):
+        return np.array(arr, order="C")
+    return arr
+
+
+def float_array(x: Any, name: str) -> tuple[np.ndarray, np.dtype]:
+    """(array in a kernel dtype, dtype of the results) for a logits-like argument.
+
+    float32 and float64 are used as they are; float16 is computed in float32 and integers, bool
+    and long double in float64, with results returned in NumPy's promoted dtype (float16 for
+    float16, float64 for integers and bool, long double for long double).
+    """
+    arr = np.asarray(x)
+    kind = arr.dtype.kind
+    if kind == "f":
+        result = arr.dtype.newbyteorder("=")
+        if arr.dtype.itemsize == 2:
+            compute = np.dtype(np.float32)
+        elif arr.dtype.itemsize in (4, 8):
+            compute = result
+        else:  # long double: computed in float64
+            compute = np.dtype(np.float64)
+    elif kind in "iub":
+        result = compute = np.dtype(np.float64)
+    else:
+        raise TypeError(
+            f"{name} must be an array of real numbers; got dtype {arr.dtype} "
+            f"(complex, object, string and datetime data are not supported)"
+        )
+    if arr.dtype != compute:
+        arr = arr.astype(compute)
+    return kernel_ready(arr), result
+
+
+def at_least_1d(arr: np.ndarray, name: str) -> None:
+    if arr.ndim == 0:
+        raise ValueError(f"{name} must have at least one dimension (the class axis); got a 0-d array")
+
+
+def normalise_axis(axis: Any, ndim: int, name: str = "axis") -> int:
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"{name} must be an integer; got {axis!r}")
+    axis = int(axis)
+    if not -ndim <= axis < ndim:
+        raise np.exceptions.AxisError(axis, ndim)
+    return axis % ndim
+
+
+def n_classes(shape: tuple[int, ...], axis: int, name: str) -> int:
+    c = shape[axis]
+    if c == 0:
+        raise ValueError(f"{name} has zero classes (shape {shape}, class axis {axis}): at least one is needed")
+    return c
+
+
+def sparse_labels(labels: Any, expected_shape: tuple[int, ...], logits_name: str,
+                  logits_shape: tuple[int, ...], name: str) -> np.ndarray:
+    """Integer class labels of exactly ``expected_shape``, in any integer dtype (never converted)."""
+    arr = np.asarray(labels)
+    if arr.dtype.kind not in "iu":
+        hint = " (use the dense function for probability labels)" if arr.dtype.kind == "f" else ""
+        raise TypeError(f"{name} must be integer class indices; got dtype {arr.dtype}{hint}")
+    if arr.shape != tuple(expected_shape):
+        raise ValueError(
+            f"{name} shape {arr.shape} does not match {logits_name} shape {tuple(logits_shape)}: "
+            f"expected {name} of shape {tuple(expected_shape)}"
+        )
+    return kernel_ready(arr)
+
+
+def dense_labels(labels: Any, logits_shape: tuple[int, ...], dtype: np.dtype, logits_name: str,
+                 name: str) -> np.ndarray:
+    """Floating labels of the logits' shape, in the logits' kernel dtype."""
+    arr = np.asarray(labels)
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must be an array of real numbers; got dtype {arr.dtype}")
+    if arr.shape != tuple(logits_shape):
+        raise ValueError(
+            f"{name} shape {arr.shape} does not match {logits_name} shape {tuple(logits_shape)}"
+        )
+    if arr.dtype != dtype:
+        arr = arr.astype(dtype)
+    return kernel_ready(arr)
+
+
+def class_weight(weight: Any, n_classes: int) -> np.ndarray | None:
+    """None, or a C-contiguous float64 array of shape (C,) of finite non-negative weights."""
+    if weight is None:
+        return None
+    arr = np.asarray(weight)
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"weight must be an array of real numbers; got dtype {arr.dtype}")
+    if arr.shape != (n_classes,):
+        raise ValueError(f"weight must have shape ({n_classes},), one per class; got shape {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise ValueError("weight must be finite; got a NaN or infinite weight")
+    if (arr < 0).any():
+        raise ValueError(f"weight must be non-negative; got {arr[arr < 0][0]!r}")
+    return arr
+
+
+def reduction(value: Any) -> str:
+    if not isinstance(value, str) or value not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of 'mean', 'sum', 'none'; got {value!r}")
+    return value
+
+
+def label_smoothing(value: Any) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"label_smoothing must be a real number; got {value!r}")
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1]; got {value!r}")
+    return value
+
+
+def ignore_index(value: Any) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"ignore_index must be an integer; got {value!r}")
+    value = int(value)
+    if not _INT64.min <= value <= _INT64.max:
+        raise ValueError(f"ignore_index must fit in int64; got {value}")
+    return value
+
+
+def n_threads(value: Any, max_threads: int) -> int:
+    """None -> every thread OpenMP may use now; an int >= 1 -> that many."""
+    if value is None:
+        return max(1, max_threads)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"n_threads must be None or an integer; got {value!r}")
+    if value < 1:
+        raise ValueError(f"n_threads must be at least 1; got {value}")
+    return int(min(value, 1 << 16))
+
+
+def grad_output(value: Any, reduction: str, loss_shape: tuple[int, ...]) -> tuple[float, np.ndarray | None]:
+    """(scalar factor, per-row factors or None) for d(grad_output . loss)/d input."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"grad_output must be real; got dtype {arr.dtype}")
+    if reduction != "none" or arr.ndim == 0:
+        if arr.ndim != 0:
+            raise ValueError(
+                f"grad_output must be a scalar for reduction={reduction!r}; got shape {arr.shape}"
+            )
+        return float(arr), None
+    try:
+        rows = np.broadcast_to(arr.astype(np.float64, copy=False), loss_shape)
+    except ValueError:
+        raise ValueError(
+            f"grad_output shape {arr.shape} does not match the loss shape {tuple(loss_shape)}"
+        ) from None
+    return 1.0, rows
+
+
+def out_array(out: Any, shape: tuple[int, ...], dtype: np.dtype, name: str = "out") -> np.ndarray:
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray; got {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {out.shape}; expected {tuple(shape)}")
+    if out.dtype.newbyteorder("=") != dtype:
+        raise ValueError(f"{name} has dtype {out.dtype}; expected {dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is not writeable")
+    return out
+
+
+def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype)
+
+
+def no_overlap(out: np.ndarray, inputs: dict[str, Any], in_place_ok: Any = None) -> None:
+    """Raise ValueError if ``out`` shares memory with an input, except exact in-place aliasing
+    of ``in_place_ok`` (the one input a kernel may overwrite element by element)."""
+    for name, arr in inputs.items():
+        if not isinstance(arr, np.ndarray):
+            continue
+        if arr is in_place_ok and _same_memory(out, arr):
+            continue
+        try:
+            overlaps = np.shares_memory(out, arr, max_work=1 << 20)
+        except np.exceptions.TooHardError:
+            overlaps = True
+        if overlaps:
+            raise ValueError(f"out overlaps {name}; only out={name} exactly (in place) is allowed"
+                             if arr is in_place_ok else f"out overlaps {name}")
+
+
+def bad_label_error(labels: np.ndarray, n_classes: int, ignore_index: int | None) -> IndexError:
+    """The IndexError for the first label that is neither a class nor ignore_index."""
+    flat = labels.reshape(-1)
+    if flat.dtype.kind == "u":
+        bad = flat >= n_classes
+    else:
+        bad = (flat < 0) | (flat >= n_classes)
+    if ignore_index is not None:
+        bad &= flat != ignore_index
+    position = int(np.argmax(bad))
+    where = np.unravel_index(position, labels.shape) if labels.ndim else ()
+    value = flat[position]
+    ignore = f" and is not ignore_index={ignore_index}" if ignore_index is not None else ""
+    return IndexError(
+        f"label {value} at index {tuple(int(i) for i in where)} is out of range for "
+        f"{n_classes} classes (valid: 0 to {n_classes - 1}){ignore}"
+    )
+
+
+def prod(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
