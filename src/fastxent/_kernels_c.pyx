@@ -18,7 +18,7 @@ for float32 input. A row whose maximum is not finite (all -inf, or a +inf) is Na
 """
 
 from cython.parallel cimport prange
-from libc.math cimport exp, log1p, INFINITY, NAN, isnan
+from libc.math cimport log1p, INFINITY, NAN, isnan
 from libc.stdint cimport (int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t,
                           uint64_t, INT64_MAX)
 
@@ -39,6 +39,21 @@ cdef extern from *:
     """
     int FASTXENT_OPENMP
     int omp_get_max_threads() noexcept nogil
+
+cdef extern from "_rows.h" nogil:
+    # Contiguous-row loops in C: vectorised, with AVX2 / AVX-512 clones chosen at run time.
+    double fx_exp_shifted_f32(float x, double m)
+    double fx_exp_shifted_f64(double x, double m)
+    double fx_row_max_f32(const float* x, Py_ssize_t n)
+    double fx_row_max_f64(const double* x, Py_ssize_t n)
+    double fx_row_exp_sum_f32(const float* x, Py_ssize_t n, double m, float* e)
+    double fx_row_exp_sum_f64(const double* x, Py_ssize_t n, double m, double* e)
+    void fx_row_scale_f32(float* g, Py_ssize_t n, double factor)
+    void fx_row_scale_f64(double* g, Py_ssize_t n, double factor)
+    double fx_row_weighted_shift_sum_f32(const float* x, Py_ssize_t n, double m, const double* w)
+    double fx_row_weighted_shift_sum_f64(const double* x, Py_ssize_t n, double m, const double* w)
+    void fx_row_smooth_grad_f32(float* g, Py_ssize_t n, double coef_a, double coef_k, const double* w)
+    void fx_row_smooth_grad_f64(double* g, Py_ssize_t n, double coef_a, double coef_k, const double* w)
 
 openmp_enabled = bool(FASTXENT_OPENMP)
 
@@ -82,11 +97,24 @@ cdef inline int _threads_for(int n_threads, Py_ssize_t n_rows, Py_ssize_t n_clas
 # Scalar helpers: one per formula, shared by every kernel.
 # --------------------------------------------------------------------------------------------
 
+cdef inline double _exp_shifted(floating x, double m) noexcept nogil:
+    """exp(x - m) for x <= m: the polynomial of the contiguous C loops, subtraction made exact."""
+    if floating is float:
+        return fx_exp_shifted_f32(x, m)
+    else:
+        return fx_exp_shifted_f64(x, m)
+
+
 cdef inline double _row_max(const floating* x, Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
     """max_c x_c ignoring NaN; -inf for a row of -inf or NaN only."""
     cdef floating m = -INFINITY
     cdef floating v
     cdef Py_ssize_t c
+    if stride == 1:
+        if floating is float:
+            return fx_row_max_f32(x, n)
+        else:
+            return fx_row_max_f64(x, n)
     for c in range(n):
         v = x[c * stride]
         m = v if v > m else m
@@ -102,15 +130,18 @@ cdef inline double _row_sum_rest(const floating* x, Py_ssize_t n, Py_ssize_t str
     computed once per element). ``e_out`` may be ``x`` itself (in-place): each element is read
     before it is written.
     """
-    cdef double acc = 0.0, d, e
+    cdef double acc = 0.0, e
     cdef Py_ssize_t c, n_max = 0
-    for c in range(n):
-        d = x[c * stride] - m
-        if d == 0.0:
-            n_max += 1
-            e = 1.0
+    if stride == 1 and (e_out == NULL or e_stride == 1):
+        if floating is float:
+            return fx_row_exp_sum_f32(x, n, m, e_out)
         else:
-            e = exp(d)
+            return fx_row_exp_sum_f64(x, n, m, e_out)
+    for c in range(n):
+        e = _exp_shifted(x[c * stride], m)
+        if x[c * stride] == m:
+            n_max += 1
+        else:
             acc += e
         if e_out != NULL:
             e_out[c * e_stride] = <floating>e
@@ -140,6 +171,12 @@ cdef inline void _fill_row(floating* g, Py_ssize_t n, Py_ssize_t stride, double 
 
 cdef inline void _scale_row(floating* g, Py_ssize_t n, Py_ssize_t stride, double factor) noexcept nogil:
     cdef Py_ssize_t c
+    if stride == 1:
+        if floating is float:
+            fx_row_scale_f32(g, n, factor)
+        else:
+            fx_row_scale_f64(g, n, factor)
+        return
     for c in range(n):
         g[c * stride] = <floating>(g[c * stride] * factor)
 
@@ -272,7 +309,7 @@ cdef void _sparse_row(const floating* x, Py_ssize_t n, Py_ssize_t xs, Py_ssize_t
     grad = grad_coef * d loss / d x; ``g`` is NULL for the loss alone, and may alias ``x``.
     """
     cdef double m = _row_max(x, n, xs)
-    cdef double x_y = x[y * xs]
+    cdef floating x_y = x[y * xs]  # read now: the gradient may overwrite x (in place)
     cdef double w_y = weight[y] if weight != NULL else 1.0
     cdef double s_rest, log_s, inv_s, nll, p_y, p_y_minus_1, smooth_dot = 0.0
     cdef double a_coef, k_coef, w_c
@@ -284,10 +321,16 @@ cdef void _sparse_row(const floating* x, Py_ssize_t n, Py_ssize_t xs, Py_ssize_t
         return
     if smoothing != 0.0:
         # sum_c w_c (x_c - m), read before the gradient buffer (possibly x itself) is written.
-        for c in range(n):
-            w_c = weight[c] if weight != NULL else 1.0
-            if w_c != 0.0:
-                smooth_dot += w_c * (x[c * xs] - m)
+        if xs == 1:
+            if floating is float:
+                smooth_dot = fx_row_weighted_shift_sum_f32(x, n, m, weight)
+            else:
+                smooth_dot = fx_row_weighted_shift_sum_f64(x, n, m, weight)
+        else:
+            for c in range(n):
+                w_c = weight[c] if weight != NULL else 1.0
+                if w_c != 0.0:
+                    smooth_dot += w_c * (x[c * xs] - m)
     s_rest = _row_sum_rest(x, n, xs, m, g, gs)
     log_s = log1p(s_rest)
     nll = log_s - (x_y - m)
@@ -300,13 +343,18 @@ cdef void _sparse_row(const floating* x, Py_ssize_t n, Py_ssize_t xs, Py_ssize_t
     inv_s = 1.0 / (1.0 + s_rest)
     # p_y in double (not from the rounded buffer), and p_y - 1 without cancellation: when x_y is
     # the maximum, exp(x_y - m) = 1 and p_y - 1 = -s_rest / s exactly.
-    p_y = exp(x_y - m) * inv_s
+    p_y = _exp_shifted(x_y, m) * inv_s
     p_y_minus_1 = -s_rest * inv_s if x_y == m else p_y - 1.0
     # g_c = coef * (A p_c - k w_c) for c != y, with A = (1 - eps) w_y + (eps / C) W, k = eps / C
     k_coef = smoothing / n
     a_coef = (1.0 - smoothing) * w_y + k_coef * weight_sum
     if smoothing == 0.0:
         _scale_row(g, n, gs, grad_coef * w_y * inv_s)
+    elif gs == 1:
+        if floating is float:
+            fx_row_smooth_grad_f32(g, n, grad_coef * a_coef * inv_s, grad_coef * k_coef, weight)
+        else:
+            fx_row_smooth_grad_f64(g, n, grad_coef * a_coef * inv_s, grad_coef * k_coef, weight)
     else:
         for c in range(n):
             w_c = weight[c] if weight != NULL else 1.0

@@ -61,6 +61,12 @@ class _RowStats:
         self.shifted = np.subtract(x, self.m, dtype=np.float64)
         at_max = self.shifted == 0.0
         self.exps = np.exp(self.shifted)
+        if x.dtype == np.float64:
+            # x - m is rounded in float64 and exp magnifies that error (half an ulp of 30 is 16
+            # ulps of exp(-30)): correct by the exact rounding error of the subtraction (TwoSum).
+            x_part = self.shifted + self.m
+            low = (x - x_part) + ((x_part - self.shifted) - self.m)
+            self.exps += self.exps * low
         self.exps[at_max] = 0.0
         self.s_rest = self.exps.sum(axis=-1) + (np.count_nonzero(at_max, axis=-1) - 1.0)
         self.exps[at_max] = 1.0

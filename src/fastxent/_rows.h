@@ -1,0 +1,160 @@
+/*
+ * fastxent's inner loops over one contiguous row of logits, in C so that the compiler can
+ * vectorise them and so that GCC can clone them for AVX2 and AVX-512 with run-time dispatch
+ * (target_clones). The baseline build stays portable: no -march=native, no -ffast-math.
+ *
+ * Every reduction keeps FX_LANES partial results in an array and combines them in a fixed
+ * order at the end: the compiler vectorises the lanes without being allowed to reassociate,
+ * and the result has the same bits for any thread count (and any clone, up to FMA
+ * contraction, which GCC applies where the CPU has FMA).
+ *
+ * Called from _kernels_c.pyx, which keeps the strided (non-contiguous) paths.
+ */
+#ifndef FASTXENT_ROWS_H
+#define FASTXENT_ROWS_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
+    && !defined(FASTXENT_NO_CLONES)
+#define FX_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FX_CLONES
+#endif
+
+#define FX_LANES 16     /* partial sums per reduction */
+#define FX_MAX_LANES 64 /* partial maxima: several vectors in flight hide the latency */
+
+/* ---------------------------------------------------------------------------------------
+ * exp(d) for d <= 0 (or NaN), vectorisable: d = k ln2 + r with |r| <= ln2 / 2, exp(r) by a
+ * Taylor polynomial in Horner form, 2^k built from exponent bits. Every operation is done
+ * unconditionally and the special cases are selected at the end, so that the compiler can
+ * vectorise it (with -fno-trapping-math) even without AVX-512 masks.
+ *  - fx_exp_neg_f64: degree 13 (truncation below 5e-18 relative; measured <= 1.7 ulp), and
+ *    2^k in two halves so that subnormal results are right too; takes a low-order correction
+ *    of its argument (see fx_exp_shifted_f64).
+ *  - fx_exp_neg_f32: for float32 data, degree 7 (truncation 6e-9 relative, a tenth of a
+ *    float32 ulp, still accumulated in double) and results below 2^-1022 flushed to 0: they
+ *    are below anything a float32 result can hold, next to the 1 of the row maximum.
+ * --------------------------------------------------------------------------------------- */
+static inline double fx_bits_to_double(uint64_t u) { double d; memcpy(&d, &u, 8); return d; }
+static inline uint64_t fx_double_to_bits(double d) { uint64_t u; memcpy(&u, &d, 8); return u; }
+
+#define FX_SHIFTER 6755399441055744.0 /* 1.5 * 2^52: adding it rounds to an integer */
+#define FX_LOG2E 1.4426950408889634
+#define FX_LN2_HI 0.693147180369123816490    /* 0x1.62e42fee00000p-1: k * LN2_HI is exact */
+#define FX_LN2_LO 1.90821492927058770002e-10 /* 0x1.a39ef35793c76p-33 */
+#define FX_EXP_MIN (-745.2)   /* exp(d) rounds to 0 below this */
+#define FX_EXP_NORMAL (-708.3) /* exp(d) is a normal double above this */
+
+/* 2^k from k + FX_SHIFTER: its bits are bits(1.5 * 2^52) + k, and << 52 drops the constant. */
+static inline double fx_pow2_from_shifted(double shifted)
+{
+    return fx_bits_to_double((fx_double_to_bits(shifted) + 1023u) << 52);
+}
+
+/* k = round(t / ln 2) (returned plus FX_SHIFTER) and r = t - k ln 2, Cody-Waite */
+static inline double fx_exp_reduce(double t, double *r)
+{
+    double shifted = t * FX_LOG2E + FX_SHIFTER;
+    double kf = shifted - FX_SHIFTER;
+    *r = (t - kf * FX_LN2_HI) - kf * FX_LN2_LO;
+    return shifted;
+}
+
+/* exp(d + lo), where lo is a correction far below an ulp of d */
+static inline double fx_exp_neg_f64(double d, double lo)
+{
+    double t = d >= FX_EXP_MIN ? d : FX_EXP_MIN; /* NaN and -inf are fixed up at the end */
+    double r, shifted = fx_exp_reduce(t, &r), kf = shifted - FX_SHIFTER;
+    r += lo;
+    double p = 1.0 / 6227020800.0;
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    /* 2^k = 2^k1 * 2^k2 with k1 = round(k / 2): both halves are normal for k >= -1075 */
+    double k1 = (kf * 0.5 + FX_SHIFTER) - FX_SHIFTER;
+    double result = (p * fx_pow2_from_shifted(k1 + FX_SHIFTER))
+                    * fx_pow2_from_shifted((kf - k1) + FX_SHIFTER);
+    result = d >= FX_EXP_MIN ? result : 0.0;
+    return d == d ? result : d;
+}
+
+static inline double fx_exp_neg_f32(double d)
+{
+    double t = d >= FX_EXP_NORMAL ? d : FX_EXP_NORMAL;
+    double r, shifted = fx_exp_reduce(t, &r);
+    double p = 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    double result = p * fx_pow2_from_shifted(shifted);
+    result = d >= FX_EXP_NORMAL ? result : 0.0;
+    return d == d ? result : d;
+}
+
+/* exp(x - m) for x <= m, with the subtraction exact: for float data (double)x - m is exact;
+ * for double data x - m is rounded, and exp turns an absolute error of half an ulp of 30 into
+ * 16 ulps of relative error, so the rounding error of the subtraction (TwoSum) goes into the
+ * reduced argument of exp. */
+static inline double fx_exp_shifted_f32(float x, double m) { return fx_exp_neg_f32((double)x - m); }
+
+static inline double fx_exp_shifted_f64(double x, double m)
+{
+    double d = x - m;
+    double x_part = d + m;     /* TwoSum(x, -m): d + lo == x - m exactly */
+    double m_part = x_part - d;
+    double lo = (x - x_part) + (m_part - m);
+    return fx_exp_neg_f64(d, lo);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Row kernels, generated for float and double from _rows_template.h.
+ * --------------------------------------------------------------------------------------- */
+
+/* Combine lane partial sums in a fixed (pairwise) order. */
+static inline double fx_combine(const double *lanes)
+{
+    double a[FX_LANES];
+    int n, i;
+    for (i = 0; i < FX_LANES; i++) a[i] = lanes[i];
+    for (n = FX_LANES / 2; n >= 1; n /= 2)
+        for (i = 0; i < n; i++) a[i] = a[i] + a[i + n];
+    return a[0];
+}
+
+#define FX_NAME_(base, suffix) base##_##suffix
+#define FX_NAME2(base, suffix) FX_NAME_(base, suffix)
+
+#define FX_T float
+#define FX_SUFFIX f32
+#define FX_NAME(base) FX_NAME2(base, FX_SUFFIX)
+#include "_rows_template.h"
+#undef FX_T
+#undef FX_SUFFIX
+
+#define FX_T double
+#define FX_SUFFIX f64
+#include "_rows_template.h"
+#undef FX_T
+#undef FX_SUFFIX
+#undef FX_NAME
+
+#endif /* FASTXENT_ROWS_H */
