@@ -54,6 +54,15 @@ cdef extern from "_rows.h" nogil:
     double fx_row_weighted_shift_sum_f64(const double* x, Py_ssize_t n, double m, const double* w)
     void fx_row_smooth_grad_f32(float* g, Py_ssize_t n, double coef_a, double coef_k, const double* w)
     void fx_row_smooth_grad_f64(double* g, Py_ssize_t n, double coef_a, double coef_k, const double* w)
+    # Tiles of FX_TILE rows with at most FX_TILE_MAX_C classes, vectorised across the rows.
+    enum: FX_TILE
+    enum: FX_TILE_MAX_C
+    void fx_tile_stats_f32(const float* x, Py_ssize_t rs, Py_ssize_t cs, int rows, Py_ssize_t n_classes,
+                           float* g, Py_ssize_t grs, Py_ssize_t gcs, const double* coef,
+                           double* m_out, double* s_rest_out, double* log_s_out)
+    void fx_tile_stats_f64(const double* x, Py_ssize_t rs, Py_ssize_t cs, int rows, Py_ssize_t n_classes,
+                           double* g, Py_ssize_t grs, Py_ssize_t gcs, const double* coef,
+                           double* m_out, double* s_rest_out, double* log_s_out)
 
 openmp_enabled = bool(FASTXENT_OPENMP)
 
@@ -163,6 +172,13 @@ cdef inline Py_ssize_t _class_index(label_t label, Py_ssize_t n_classes, int64_t
     return <Py_ssize_t>i
 
 
+cdef inline (Py_ssize_t, Py_ssize_t) _row_position(Py_ssize_t r, Py_ssize_t B) noexcept nogil:
+    """(a, b) of row r in an (A, C, B) view; B == 1 (classes last) needs no division."""
+    if B == 1:
+        return r, 0
+    return r // B, r % B
+
+
 cdef inline void _fill_row(floating* g, Py_ssize_t n, Py_ssize_t stride, double value) noexcept nogil:
     cdef Py_ssize_t c
     for c in range(n):
@@ -211,8 +227,7 @@ def logsumexp(const floating[:, :, :] x, floating[:, :] out, int n_threads):
     op = &out[0, 0]
     for r in prange(A * B, nogil=True, schedule="static",
                     num_threads=_threads_for(n_threads, A * B, C)):
-        a = r // B
-        b = r % B
+        a, b = _row_position(r, B)
         op[a * os0 + b * os1] = <floating>_row_logsumexp(xp + a * xs0 + b * xs2, C, xs1)
 
 
@@ -248,8 +263,7 @@ cdef void _softmax_kernel(const floating[:, :, :] x, floating[:, :, :] out, int 
     xp = &x[0, 0, 0]
     op = &out[0, 0, 0]
     for r in prange(A * B, schedule="static", num_threads=_threads_for(n_threads, A * B, C)):
-        a = r // B
-        b = r % B
+        a, b = _row_position(r, B)
         _softmax_row(xp + a * xs0 + b * xs2, C, xs1, op + a * os0 + b * os2, os1, log_output)
 
 
@@ -282,14 +296,15 @@ def sparse_label_check(const label_t[:, :] labels, Py_ssize_t n_classes, int64_t
     cdef Py_ssize_t n_blocks = (n_rows + LABEL_BLOCK - 1) // LABEL_BLOCK
     cdef bint weighted = weight is not None
     cdef double[::1] partial = np.zeros(max(n_blocks, 1), dtype=np.float64)
-    cdef Py_ssize_t n_bad = 0, blk, r, r_end, y
+    cdef Py_ssize_t n_bad = 0, blk, r, r_end, y, a, b
     cdef double block_total, total = 0.0
     for blk in prange(n_blocks, nogil=True, schedule="static",
                       num_threads=_threads_for(n_threads, n_rows, 8)):
         block_total = 0.0
         r_end = min((blk + 1) * LABEL_BLOCK, n_rows)
         for r in range(blk * LABEL_BLOCK, r_end):
-            y = _class_index(labels[r // B, r % B], n_classes, ignore_index, has_ignore)
+            a, b = _row_position(r, B)
+            y = _class_index(labels[a, b], n_classes, ignore_index, has_ignore)
             if y == BAD_LABEL:
                 n_bad += 1
             elif y != IGNORED:
@@ -341,10 +356,14 @@ cdef void _sparse_row(const floating* x, Py_ssize_t n, Py_ssize_t xs, Py_ssize_t
     if g == NULL:
         return
     inv_s = 1.0 / (1.0 + s_rest)
-    # p_y in double (not from the rounded buffer), and p_y - 1 without cancellation: when x_y is
-    # the maximum, exp(x_y - m) = 1 and p_y - 1 = -s_rest / s exactly.
-    p_y = _exp_shifted(x_y, m) * inv_s
-    p_y_minus_1 = -s_rest * inv_s if x_y == m else p_y - 1.0
+    # p_y - 1 without cancellation: when x_y is the maximum, exp(x_y - m) = 1 and
+    # p_y - 1 = -s_rest / s exactly; otherwise p_y <= 1/2 and the buffer's exp(x_y - m) is ample.
+    if x_y == m:
+        p_y = inv_s
+        p_y_minus_1 = -s_rest * inv_s
+    else:
+        p_y = g[y * gs] * inv_s
+        p_y_minus_1 = p_y - 1.0
     # g_c = coef * (A p_c - k w_c) for c != y, with A = (1 - eps) w_y + (eps / C) W, k = eps / C
     k_coef = smoothing / n
     a_coef = (1.0 - smoothing) * w_y + k_coef * weight_sum
@@ -361,6 +380,61 @@ cdef void _sparse_row(const floating* x, Py_ssize_t n, Py_ssize_t xs, Py_ssize_t
             g[c * gs] = <floating>(grad_coef * (a_coef * (g[c * gs] * inv_s) - k_coef * w_c))
     g[y * gs] = <floating>(grad_coef * ((1.0 - smoothing) * w_y * p_y_minus_1
                                         + k_coef * (weight_sum * p_y - w_y)))
+
+
+cdef Py_ssize_t _sparse_tile(const floating* x, Py_ssize_t rs, Py_ssize_t cs, int rows,
+                             Py_ssize_t n, const label_t* labels, Py_ssize_t ls,
+                             int64_t ignore_index, bint has_ignore, const double* weight,
+                             double* loss, Py_ssize_t loss_s, floating* g, Py_ssize_t grs,
+                             Py_ssize_t gcs, double grad_scale, const double* grad_rows,
+                             Py_ssize_t grad_rows_s) noexcept nogil:
+    """Loss (and gradient) of up to FX_TILE rows at stride ``rs`` (class stride ``cs``), without
+    label smoothing: the statistics and the softmax are vectorised across the rows by
+    fx_tile_stats, only the label's class is done per row. Returns the number of bad labels."""
+    cdef double coef[FX_TILE]
+    cdef double m[FX_TILE]
+    cdef double s_rest[FX_TILE]
+    cdef double log_s[FX_TILE]
+    cdef double w_y[FX_TILE]
+    cdef floating x_y[FX_TILE]
+    cdef Py_ssize_t y[FX_TILE]
+    cdef Py_ssize_t n_bad = 0
+    cdef floating* grow
+    cdef int i
+    for i in range(rows):
+        y[i] = _class_index(labels[i * ls], n, ignore_index, has_ignore)
+        coef[i] = 0.0
+        if y[i] >= 0:
+            w_y[i] = weight[y[i]] if weight != NULL else 1.0
+            x_y[i] = x[i * rs + y[i] * cs]  # read now: the gradient may overwrite x (in place)
+            coef[i] = grad_scale * w_y[i]
+            if grad_rows != NULL:
+                coef[i] = coef[i] * grad_rows[i * grad_rows_s]
+    if floating is float:
+        fx_tile_stats_f32(x, rs, cs, rows, n, g, grs, gcs, coef, m, s_rest, log_s)
+    else:
+        fx_tile_stats_f64(x, rs, cs, rows, n, g, grs, gcs, coef, m, s_rest, log_s)
+    for i in range(rows):
+        grow = g + i * grs if g != NULL else NULL
+        if y[i] < 0:
+            n_bad += y[i] == BAD_LABEL
+            loss[i * loss_s] = 0.0 if y[i] == IGNORED else NAN
+            if grow != NULL:
+                _fill_row(grow, n, gcs, 0.0 if y[i] == IGNORED else NAN)
+        elif m[i] == INFINITY or m[i] == -INFINITY:
+            loss[i * loss_s] = NAN
+            if grow != NULL:
+                _fill_row(grow, n, gcs, NAN)
+        else:
+            loss[i * loss_s] = w_y[i] * (log_s[i] - (x_y[i] - m[i]))
+            if grow != NULL:
+                # coef (p_y - 1): from -s_rest / s when the label is the maximum (no cancellation),
+                # else from coef * p_y, already in the buffer (p_y <= 1/2 there).
+                if x_y[i] == m[i]:
+                    grow[y[i] * gcs] = <floating>(-coef[i] * s_rest[i] / (1.0 + s_rest[i]))
+                else:
+                    grow[y[i] * gcs] = <floating>(grow[y[i] * gcs] - coef[i])
+    return n_bad
 
 
 def sparse_xent(const floating[:, :, :] x, const label_t[:, :] labels, const double[::1] weight,
@@ -399,10 +473,12 @@ def sparse_xent(const floating[:, :, :] x, const label_t[:, :] labels, const dou
         gs0 = grad_out.strides[0] // sizeof(floating)
         gs1 = grad_out.strides[1] // sizeof(floating)
         gs2 = grad_out.strides[2] // sizeof(floating)
+    if smoothing == 0.0 and C <= FX_TILE_MAX_C:
+        return _sparse_tiles(x, labels, wp, ignore_index, has_ignore, loss_out, grad_out,
+                             grad_scale, grad_rows, n_threads)
     for r in prange(A * B, nogil=True, schedule="static",
                     num_threads=_threads_for(n_threads, A * B, C)):
-        a = r // B
-        b = r % B
+        a, b = _row_position(r, B)
         grow = gp + a * gs0 + b * gs2 if with_grad else NULL
         y = _class_index(labels[a, b], C, ignore_index, has_ignore)
         if y < 0:
@@ -415,6 +491,56 @@ def sparse_xent(const floating[:, :, :] x, const label_t[:, :] labels, const dou
         coef = grad_scale * grad_rows[a, b] if with_rows else grad_scale
         _sparse_row(xp + a * xs0 + b * xs2, C, xs1, y, wp, weight_sum, smoothing,
                     &loss_out[a, b], grow, gs1, coef)
+    return n_bad
+
+
+cdef Py_ssize_t _sparse_tiles(const floating[:, :, :] x, const label_t[:, :] labels,
+                              const double* weight, int64_t ignore_index, bint has_ignore,
+                              double[:, :] loss_out, floating[:, :, :] grad_out, double grad_scale,
+                              const double[:, :] grad_rows, int n_threads):
+    """sparse_xent for few classes, in tiles of FX_TILE rows: along A when classes are last
+    (B == 1), else along B (PyTorch's (N, C, d1, ...), where such rows are contiguous)."""
+    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2]
+    cdef bint along_b = B > 1
+    cdef int d = 2 if along_b else 0  # the axis the rows of a tile step along
+    cdef Py_ssize_t n_along = B if along_b else A
+    cdef Py_ssize_t tiles_per_line = (n_along + FX_TILE - 1) // FX_TILE
+    cdef Py_ssize_t n_tiles = tiles_per_line * (A if along_b else 1)
+    cdef Py_ssize_t xs0 = x.strides[0] // sizeof(floating), xs1 = x.strides[1] // sizeof(floating)
+    cdef Py_ssize_t xs2 = x.strides[2] // sizeof(floating)
+    cdef Py_ssize_t rs = x.strides[d] // sizeof(floating)
+    cdef Py_ssize_t ls = labels.strides[d // 2] // sizeof(label_t)
+    cdef Py_ssize_t loss_s = loss_out.strides[d // 2] // sizeof(double)
+    cdef bint with_grad = grad_out is not None, with_rows = grad_rows is not None
+    cdef Py_ssize_t gs0 = 0, gs1 = 0, gs2 = 0, grs = 0, rows_s = 0
+    cdef floating* gp = NULL
+    cdef const double* rows_p = NULL
+    cdef Py_ssize_t t, a, b, n_bad = 0
+    cdef int rows
+    if with_grad:
+        gp = &grad_out[0, 0, 0]
+        gs0 = grad_out.strides[0] // sizeof(floating)
+        gs1 = grad_out.strides[1] // sizeof(floating)
+        gs2 = grad_out.strides[2] // sizeof(floating)
+        grs = grad_out.strides[d] // sizeof(floating)
+    if with_rows:
+        rows_p = &grad_rows[0, 0]
+        rows_s = grad_rows.strides[d // 2] // sizeof(double)
+    for t in prange(n_tiles, nogil=True, schedule="static",
+                    num_threads=_threads_for(n_threads, A * B, C)):
+        if along_b:
+            a = t // tiles_per_line
+            b = (t % tiles_per_line) * FX_TILE
+            rows = <int>min(<Py_ssize_t>FX_TILE, B - b)
+        else:
+            a = t * FX_TILE
+            b = 0
+            rows = <int>min(<Py_ssize_t>FX_TILE, A - a)
+        n_bad += _sparse_tile(
+            &x[a, 0, b], rs, xs1, rows, C, &labels[a, b], ls, ignore_index, has_ignore, weight,
+            &loss_out[a, b], loss_s, gp + a * gs0 + b * gs2 if with_grad else NULL, grs, gs1,
+            grad_scale, rows_p + a * (grad_rows.strides[0] // sizeof(double))
+            + b * (grad_rows.strides[1] // sizeof(double)) if with_rows else NULL, rows_s)
     return n_bad
 
 
@@ -494,8 +620,7 @@ def dense_xent(const floating[:, :, :] x, const floating[:, :, :] labels, const 
         gs2 = grad_out.strides[2] // sizeof(floating)
     for r in prange(A * B, nogil=True, schedule="static",
                     num_threads=_threads_for(n_threads, A * B, C)):
-        a = r // B
-        b = r % B
+        a, b = _row_position(r, B)
         grow = gp + a * gs0 + b * gs2 if with_grad else NULL
         coef = grad_scale * grad_rows[a, b] if with_rows else grad_scale
         _dense_row(xp + a * xs0 + b * xs2, C, xs1, tp + a * ts0 + b * ts2, ts1, wp, smoothing,

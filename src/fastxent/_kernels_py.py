@@ -66,6 +66,7 @@ class _RowStats:
             # ulps of exp(-30)): correct by the exact rounding error of the subtraction (TwoSum).
             x_part = self.shifted + self.m
             low = (x - x_part) + ((x_part - self.shifted) - self.m)
+            low[~np.isfinite(low)] = 0.0  # -inf logits: exp is 0 anyway
             self.exps += self.exps * low
         self.exps[at_max] = 0.0
         self.s_rest = self.exps.sum(axis=-1) + (np.count_nonzero(at_max, axis=-1) - 1.0)

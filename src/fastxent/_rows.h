@@ -27,6 +27,8 @@
 
 #define FX_LANES 16     /* partial sums per reduction */
 #define FX_MAX_LANES 64 /* partial maxima: several vectors in flight hide the latency */
+#define FX_TILE 16      /* rows of a tile (fx_tile_stats) */
+#define FX_TILE_MAX_C 32 /* classes a tile can hold */
 
 /* ---------------------------------------------------------------------------------------
  * exp(d) for d <= 0 (or NaN), vectorisable: d = k ln2 + r with |r| <= ln2 / 2, exp(r) by a
@@ -123,6 +125,32 @@ static inline double fx_exp_shifted_f64(double x, double m)
     double m_part = x_part - d;
     double lo = (x - x_part) + (m_part - m);
     return fx_exp_neg_f64(d, lo);
+}
+
+/* log1p(s) for s >= 0 (NaN and +inf pass through), vectorisable: fdlibm's log, u = 1 + s =
+ * 2^k (1 + f) with 1 + f in [sqrt(2)/2, sqrt(2)), log(1 + f) = f - hfsq + t (hfsq + R(t^2)),
+ * plus the rounding error of 1 + s, (s - (u - 1)) / u. Below 1 ulp, like libm's. */
+static inline double fx_log1p_pos(double s)
+{
+    const double ln2_hi = 6.93147180369123816490e-01, ln2_lo = 1.90821492927058770002e-10;
+    const double Lg1 = 6.666666666666735130e-01, Lg2 = 3.999999999940941908e-01,
+                 Lg3 = 2.857142874366239149e-01, Lg4 = 2.222219843214978396e-01,
+                 Lg5 = 1.818357216161805012e-01, Lg6 = 1.531383769920937332e-01,
+                 Lg7 = 1.479819860511658591e-01;
+    double u = 1.0 + s;
+    double c = (s - (u - 1.0)) / u;
+    /* shift the exponent boundary to sqrt(2)/2 (0x3fe6a09e...), as fdlibm and musl do */
+    uint64_t bits = fx_double_to_bits(u) + (0x3ff0000000000000ull - 0x3fe6a09e667f3bcdull);
+    double k = fx_bits_to_double((bits >> 52) | 0x4330000000000000ull) - (4503599627370496.0 + 1023.0);
+    double f = fx_bits_to_double((bits & 0x000fffffffffffffull) + 0x3fe6a09e667f3bcdull) - 1.0;
+    double hfsq = 0.5 * f * f;
+    double t = f / (2.0 + f);
+    double z = t * t, w = z * z;
+    double t1 = w * (Lg2 + w * (Lg4 + w * Lg6));
+    double t2 = z * (Lg1 + w * (Lg3 + w * (Lg5 + w * Lg7)));
+    double R = t2 + t1;
+    double result = k * ln2_hi - ((hfsq - (t * (hfsq + R) + (k * ln2_lo + c))) - f);
+    return s < INFINITY ? result : s;
 }
 
 /* ---------------------------------------------------------------------------------------

@@ -106,3 +106,48 @@ FX_CLONES static void FX_NAME(fx_row_smooth_grad)(FX_T *g, ptrdiff_t n, double c
     else
         for (i = 0; i < n; i++) g[i] = (FX_T)(coef_a * (double)g[i] - coef_k * w[i]);
 }
+
+/* A tile of up to FX_TILE rows with at most FX_TILE_MAX_C classes, vectorised across the rows:
+ * the layout that suits few classes (a row of 10 classes fills no vector) and a class axis that
+ * is not last (rows are then contiguous: PyTorch's (N, C, H, W)). Element (r, c) of the tile is
+ * x[r * rs + c * cs]. Per row r < rows: m_out[r] = max (NaN ignored), s_rest_out[r] = sum of
+ * exp(x - m) without the 1 of the maximum, log_s_out[r] = log1p(s_rest). When g is not NULL,
+ * g[r * grs + c * gcs] = exp(x - m) * coef[r] / (1 + s_rest): the scaled softmax, written once
+ * (g may be x: the whole tile is read first). */
+FX_CLONES static void FX_NAME(fx_tile_stats)(const FX_T *x, ptrdiff_t rs, ptrdiff_t cs, int rows,
+                                             ptrdiff_t n_classes, FX_T *g, ptrdiff_t grs,
+                                             ptrdiff_t gcs, const double *coef, double *m_out,
+                                             double *s_rest_out, double *log_s_out)
+{
+    FX_T xt[FX_TILE_MAX_C][FX_TILE];
+    double et[FX_TILE_MAX_C][FX_TILE];
+    double m[FX_TILE], acc[FX_TILE], count[FX_TILE], factor[FX_TILE];
+    ptrdiff_t c;
+    int r;
+    for (c = 0; c < n_classes; c++)
+        for (r = 0; r < FX_TILE; r++)
+            xt[c][r] = r < rows ? x[r * rs + c * cs] : (FX_T)0;
+    for (r = 0; r < FX_TILE; r++) { m[r] = -INFINITY; acc[r] = 0.0; count[r] = 0.0; }
+    for (c = 0; c < n_classes; c++)
+        for (r = 0; r < FX_TILE; r++)
+            m[r] = (double)xt[c][r] > m[r] ? (double)xt[c][r] : m[r];
+    for (c = 0; c < n_classes; c++)
+        for (r = 0; r < FX_TILE; r++) {
+            int at_max = (double)xt[c][r] == m[r];
+            double v = FX_NAME(fx_exp_shifted)(xt[c][r], m[r]);
+            acc[r] += at_max ? 0.0 : v;
+            count[r] += at_max ? 1.0 : 0.0;
+            et[c][r] = v;
+        }
+    for (r = 0; r < FX_TILE; r++) {
+        double s_rest = acc[r] + (count[r] - 1.0);
+        s_rest_out[r] = s_rest;
+        log_s_out[r] = fx_log1p_pos(s_rest);
+        m_out[r] = m[r];
+        factor[r] = (g != NULL && r < rows ? coef[r] : 0.0) / (1.0 + s_rest);
+    }
+    if (g != NULL)
+        for (c = 0; c < n_classes; c++)
+            for (r = 0; r < rows; r++)
+                g[r * grs + c * gcs] = (FX_T)(et[c][r] * factor[r]);
+}
