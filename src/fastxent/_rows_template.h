@@ -121,16 +121,18 @@ FX_CLONES static void FX_NAME(fx_tile_stats)(const FX_T *x, ptrdiff_t rs, ptrdif
 {
     FX_T xt[FX_TILE_MAX_C][FX_TILE];
     double et[FX_TILE_MAX_C][FX_TILE];
+    FX_T mt[FX_TILE];
     double m[FX_TILE], acc[FX_TILE], count[FX_TILE], factor[FX_TILE];
     ptrdiff_t c;
     int r;
     for (c = 0; c < n_classes; c++)
         for (r = 0; r < FX_TILE; r++)
             xt[c][r] = r < rows ? x[r * rs + c * cs] : (FX_T)0;
-    for (r = 0; r < FX_TILE; r++) { m[r] = -INFINITY; acc[r] = 0.0; count[r] = 0.0; }
+    for (r = 0; r < FX_TILE; r++) { mt[r] = -INFINITY; acc[r] = 0.0; count[r] = 0.0; }
     for (c = 0; c < n_classes; c++)
         for (r = 0; r < FX_TILE; r++)
-            m[r] = (double)xt[c][r] > m[r] ? (double)xt[c][r] : m[r];
+            mt[r] = xt[c][r] > mt[r] ? xt[c][r] : mt[r];
+    for (r = 0; r < FX_TILE; r++) m[r] = mt[r];
     for (c = 0; c < n_classes; c++)
         for (r = 0; r < FX_TILE; r++) {
             int at_max = (double)xt[c][r] == m[r];

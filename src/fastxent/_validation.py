@@ -15,6 +15,7 @@ import numpy as np
 
 REDUCTIONS = ("mean", "sum", "none")
 _INT64 = np.iinfo(np.int64)
+_INT64_MIN, _INT64_MAX = int(_INT64.min), int(_INT64.max)
 
 
 # ------------------------------------------------------------------------------------------
@@ -30,8 +31,12 @@ def kernel_ready(arr: np.ndarray) -> np.ndarray:
     """
     if not arr.dtype.isnative:
         return arr.astype(arr.dtype.newbyteorder("="))
-    if not arr.flags.aligned or any(s % arr.itemsize for s in arr.strides):
+    if not arr.flags.aligned:
         return np.array(arr, order="C")
+    itemsize = arr.itemsize
+    for stride in arr.strides:
+        if stride % itemsize:
+            return np.array(arr, order="C")
     return arr
 
 
@@ -139,6 +144,8 @@ def reduction(value: Any) -> str:
 
 
 def label_smoothing(value: Any) -> float:
+    if type(value) is float and 0.0 <= value <= 1.0:  # the common case, checked fast
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"label_smoothing must be a real number; got {value!r}")
     value = float(value)
@@ -148,6 +155,8 @@ def label_smoothing(value: Any) -> float:
 
 
 def ignore_index(value: Any) -> int:
+    if type(value) is int and _INT64_MIN <= value <= _INT64_MAX:  # the common case, checked fast
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"ignore_index must be an integer; got {value!r}")
     value = int(value)
@@ -160,6 +169,8 @@ def n_threads(value: Any, max_threads: int) -> int:
     """None -> every thread OpenMP may use now; an int >= 1 -> that many."""
     if value is None:
         return max(1, max_threads)
+    if type(value) is int and value >= 1:
+        return min(value, 1 << 16)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"n_threads must be None or an integer; got {value!r}")
     if value < 1:
@@ -169,6 +180,8 @@ def n_threads(value: Any, max_threads: int) -> int:
 
 def grad_output(value: Any, reduction: str, loss_shape: tuple[int, ...]) -> tuple[float, np.ndarray | None]:
     """(scalar factor, per-row factors or None) for d(grad_output . loss)/d input."""
+    if type(value) is float and reduction != "none":  # the common case, checked fast
+        return value, None
     arr = np.asarray(value)
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"grad_output must be real; got dtype {arr.dtype}")
@@ -200,16 +213,16 @@ def out_array(out: Any, shape: tuple[int, ...], dtype: np.dtype, name: str = "ou
 
 
 def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
-    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
-            and a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype)
+    return (a is b or (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+                       and a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype))
 
 
 def no_overlap(out: np.ndarray, inputs: dict[str, Any], in_place_ok: Any = None) -> None:
     """Raise ValueError if ``out`` shares memory with an input, except exact in-place aliasing
     of ``in_place_ok`` (the one input a kernel may overwrite element by element)."""
     for name, arr in inputs.items():
-        if not isinstance(arr, np.ndarray):
-            continue
+        if not isinstance(arr, np.ndarray) or not np.may_share_memory(out, arr):
+            continue  # the memory bounds do not even meet: the common case, checked fast
         if arr is in_place_ok and _same_memory(out, arr):
             continue
         try:
