@@ -18,6 +18,10 @@
 #include <stdint.h>
 #include <string.h>
 
+#if !defined(__GNUC__)
+#define __builtin_prefetch(...) ((void)0)
+#endif
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
     && !defined(FASTXENT_NO_CLONES)
 #define FX_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -27,6 +31,9 @@
 
 #define FX_LANES 16     /* partial sums per reduction */
 #define FX_MAX_LANES 64 /* partial maxima: several vectors in flight hide the latency */
+/* bytes of x (and gradient) row up to which the next row is prefetched: the current and the
+ * next rows of both must sit in L2 together */
+#define FX_PREFETCH_MAX_ROW (256 * 1024)
 #define FX_TILE 16      /* rows of a tile (fx_tile_stats) */
 #define FX_TILE_MAX_C 32 /* classes a tile can hold */
 

@@ -56,8 +56,19 @@ FX_CLONES static double FX_NAME(fx_row_exp_sum)(const FX_T *x, ptrdiff_t n, doub
     ptrdiff_t i, rest;
     int j;
     for (j = 0; j < FX_LANES; j++) { acc[j] = 0.0; count[j] = 0.0; }
-    for (i = 0; i + FX_LANES <= n; i += FX_LANES)
-        FX_NAME(fx_exp_sum_block)(x + i, m, e != NULL ? e + i : NULL, acc, count);
+    if ((size_t)n * sizeof(FX_T) * (e != NULL ? 2 : 1) <= FX_PREFETCH_MAX_ROW) {
+        /* This loop is compute-bound: meanwhile, fetch what follows the row (the next row, for
+         * contiguous rows) into L2, so that its max pass does not wait on memory. Prefetches
+         * never fault, so reading past the end of the array is harmless. */
+        for (i = 0; i + FX_LANES <= n; i += FX_LANES) {
+            __builtin_prefetch((const char *)(x + n + i), 0, 2);
+            if (e != NULL) __builtin_prefetch((const char *)(e + n + i), 1, 2);
+            FX_NAME(fx_exp_sum_block)(x + i, m, e != NULL ? e + i : NULL, acc, count);
+        }
+    } else {
+        for (i = 0; i + FX_LANES <= n; i += FX_LANES)
+            FX_NAME(fx_exp_sum_block)(x + i, m, e != NULL ? e + i : NULL, acc, count);
+    }
     rest = n - i;
     if (rest > 0) {
         for (j = 0; j < FX_LANES; j++) pad_x[j] = j < rest ? x[i + j] : -INFINITY;
