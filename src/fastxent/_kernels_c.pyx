@@ -54,6 +54,14 @@ cdef extern from "_rows.h" nogil:
     double fx_row_weighted_shift_sum_f64(const double* x, Py_ssize_t n, double m, const double* w)
     void fx_row_smooth_grad_f32(float* g, Py_ssize_t n, double coef_a, double coef_k, const double* w)
     void fx_row_smooth_grad_f64(double* g, Py_ssize_t n, double coef_a, double coef_k, const double* w)
+    double fx_row_dense_dot_f32(const float* x, const float* t, Py_ssize_t n, double m, double keep,
+                                double spread, const double* w, double* mass)
+    double fx_row_dense_dot_f64(const double* x, const double* t, Py_ssize_t n, double m, double keep,
+                                double spread, const double* w, double* mass)
+    void fx_row_dense_grad_f32(float* g, const float* t, Py_ssize_t n, double a, double b, double keep,
+                               double spread, const double* w)
+    void fx_row_dense_grad_f64(double* g, const double* t, Py_ssize_t n, double a, double b, double keep,
+                               double spread, const double* w)
     # Tiles of FX_TILE rows with at most FX_TILE_MAX_C classes, vectorised across the rows.
     enum: FX_TILE
     enum: FX_TILE_MAX_C
@@ -566,19 +574,31 @@ cdef void _dense_row(const floating* x, Py_ssize_t n, Py_ssize_t xs, const float
         if g != NULL:
             _fill_row(g, n, gs, NAN)
         return
-    for c in range(n):
-        q = keep * t[c * ts] + spread
-        if weight != NULL:
-            q = q * weight[c]
-        if q != 0.0:
+    if xs == 1 and ts == 1:
+        if floating is float:
+            dot = fx_row_dense_dot_f32(x, t, n, m, keep, spread, weight, &mass)
+        else:
+            dot = fx_row_dense_dot_f64(x, t, n, m, keep, spread, weight, &mass)
+    else:
+        for c in range(n):
+            q = keep * t[c * ts] + spread
+            if weight != NULL:
+                q = q * weight[c]
             mass += q
-            dot += q * (x[c * xs] - m)
+            if q != 0.0:
+                dot += q * (x[c * xs] - m)
     s_rest = _row_sum_rest(x, n, xs, m, g, gs)
     log_s = log1p(s_rest)
     loss[0] = mass * log_s - dot
     if g == NULL:
         return
     inv_s = 1.0 / (1.0 + s_rest)
+    if gs == 1 and ts == 1:
+        if floating is float:
+            fx_row_dense_grad_f32(g, t, n, grad_coef * mass * inv_s, grad_coef, keep, spread, weight)
+        else:
+            fx_row_dense_grad_f64(g, t, n, grad_coef * mass * inv_s, grad_coef, keep, spread, weight)
+        return
     for c in range(n):
         q = keep * t[c * ts] + spread
         if weight != NULL:

@@ -164,3 +164,42 @@ FX_CLONES static void FX_NAME(fx_tile_stats)(const FX_T *x, ptrdiff_t rs, ptrdif
             for (r = 0; r < rows; r++)
                 g[r * grs + c * gcs] = (FX_T)(et[c][r] * factor[r]);
 }
+
+/* Dense labels: with q_i = (keep * t_i + spread) * w_i (w_i = 1 when w is NULL), returns
+ * sum q_i (x_i - m) over the q_i != 0 (so 0 * -inf is 0) and stores sum q_i in *mass. */
+FX_CLONES static double FX_NAME(fx_row_dense_dot)(const FX_T *x, const FX_T *t, ptrdiff_t n,
+                                                  double m, double keep, double spread,
+                                                  const double *w, double *mass)
+{
+    double acc[FX_LANES], tot[FX_LANES], acc_tail = 0.0, tot_tail = 0.0;
+    ptrdiff_t i = 0;
+    int j;
+    for (j = 0; j < FX_LANES; j++) { acc[j] = 0.0; tot[j] = 0.0; }
+    for (; i + FX_LANES <= n; i += FX_LANES)
+        for (j = 0; j < FX_LANES; j++) {
+            double q = (keep * (double)t[i + j] + spread) * (w != NULL ? w[i + j] : 1.0);
+            tot[j] += q;
+            acc[j] += q != 0.0 ? q * ((double)x[i + j] - m) : 0.0;
+        }
+    for (; i < n; i++) {
+        double q = (keep * (double)t[i] + spread) * (w != NULL ? w[i] : 1.0);
+        tot_tail += q;
+        acc_tail += q != 0.0 ? q * ((double)x[i] - m) : 0.0;
+    }
+    *mass = fx_combine(tot) + tot_tail;
+    return fx_combine(acc) + acc_tail;
+}
+
+/* Dense labels' gradient: g_i = a * g_i - b * q_i, with g_i = exp(x_i - m) on entry. */
+FX_CLONES static void FX_NAME(fx_row_dense_grad)(FX_T *g, const FX_T *t, ptrdiff_t n, double a,
+                                                 double b, double keep, double spread,
+                                                 const double *w)
+{
+    ptrdiff_t i;
+    if (w == NULL)
+        for (i = 0; i < n; i++)
+            g[i] = (FX_T)(a * (double)g[i] - b * (keep * (double)t[i] + spread));
+    else
+        for (i = 0; i < n; i++)
+            g[i] = (FX_T)(a * (double)g[i] - b * ((keep * (double)t[i] + spread) * w[i]));
+}
