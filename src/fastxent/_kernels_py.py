@@ -50,9 +50,10 @@ def _rows(arr: np.ndarray, sa: slice, sb: slice) -> np.ndarray:
 class _RowStats:
     """Per-row max and exponential sums of a block, the quantities every kernel starts from.
 
-    ``shifted`` holds x - m in float64 and ``exps`` exp(x - m) with the entries of the maximum
-    set to 0 (they are counted, not summed); ``s_rest`` = sum exp(x - m) - 1, ``finite`` marks
-    rows with a finite maximum.
+    ``shifted`` holds x - m in float64 and ``exps`` exp(x - m); ``s_rest`` = sum exp(x - m) - 1
+    summed without the 1 of the maximum (its terms are counted, not summed), ``log_s`` its
+    log1p, ``inv_s`` = 1 / (1 + s_rest); ``finite`` marks rows with a finite maximum. The two
+    float64 arrays are the block's only full-size temporaries; work is done in place.
     """
 
     def __init__(self, x: np.ndarray) -> None:
@@ -63,14 +64,19 @@ class _RowStats:
         self.exps = np.exp(self.shifted)
         if x.dtype == np.float64:
             # x - m is rounded in float64 and exp magnifies that error (half an ulp of 30 is 16
-            # ulps of exp(-30)): correct by the exact rounding error of the subtraction (TwoSum).
+            # ulps of exp(-30)): correct by the exact rounding error of the subtraction (TwoSum),
+            # exp(d + low) = exp(d) (1 + low).
             x_part = self.shifted + self.m
-            low = (x - x_part) + ((x_part - self.shifted) - self.m)
-            low[~np.isfinite(low)] = 0.0  # -inf logits: exp is 0 anyway
-            self.exps += self.exps * low
-        self.exps[at_max] = 0.0
+            low = np.subtract(x, x_part)
+            x_part -= self.shifted
+            x_part -= self.m
+            low += x_part
+            low += 1.0
+            np.copyto(low, 1.0, where=~np.isfinite(low))  # -inf logits: exp is 0 anyway
+            self.exps *= low
+        np.copyto(self.exps, 0.0, where=at_max)
         self.s_rest = self.exps.sum(axis=-1) + (np.count_nonzero(at_max, axis=-1) - 1.0)
-        self.exps[at_max] = 1.0
+        np.copyto(self.exps, 1.0, where=at_max)
         self.log_s = np.log1p(self.s_rest)
         self.inv_s = 1.0 / (1.0 + self.s_rest)
 
@@ -153,14 +159,16 @@ def sparse_xent(x, labels, weight, ignore_index, has_ignore, smoothing, loss_out
             idx, ignored, bad = _class_indices(np.asarray(labels[sa, sb]), n_classes,
                                                ignore_index, has_ignore)
             n_bad += int(np.count_nonzero(bad))
-            skip = ignored | bad
             st = _RowStats(xb)
             shifted_y = np.take_along_axis(st.shifted, idx[..., None], axis=-1)[..., 0]
             w_y = w_all[idx]
             nll = st.log_s - shifted_y
             if smoothing != 0.0:
                 # sum_c w_c (x_c - m), with 0 * -inf = 0 for classes of weight 0
-                dot = np.where(w_all != 0.0, st.shifted * w_all, 0.0).sum(axis=-1)
+                if weight is None:
+                    dot = st.shifted.sum(axis=-1)
+                else:
+                    dot = np.where(w_all != 0.0, st.shifted * w_all, 0.0).sum(axis=-1)
                 loss = (1.0 - smoothing) * w_y * nll + k * (weight_sum * st.log_s - dot)
             else:
                 loss = w_y * nll
@@ -171,12 +179,12 @@ def sparse_xent(x, labels, weight, ignore_index, has_ignore, smoothing, loss_out
             if grad_out is None:
                 continue
             coef = _grad_coefs(grad_scale, grad_rows, sa, sb) * np.ones(idx.shape)
-            p = st.exps * st.inv_s[..., None]
-            p_y = np.take_along_axis(p, idx[..., None], axis=-1)[..., 0]
             # p_y - 1 without cancellation when x_y is the maximum: -s_rest / s
+            p_y = np.take_along_axis(st.exps, idx[..., None], axis=-1)[..., 0] * st.inv_s
             p_y_minus_1 = np.where(shifted_y == 0.0, -st.s_rest * st.inv_s, p_y - 1.0)
             a_coef = (1.0 - smoothing) * w_y + k * weight_sum
-            grad = (coef * a_coef)[..., None] * p
+            grad = st.exps  # reused in place: grad = coef (A p - k w), then the label's class
+            grad *= (coef * a_coef * st.inv_s)[..., None]
             if smoothing != 0.0:
                 grad -= (coef[..., None] * k) * w_all
             g_y = coef * ((1.0 - smoothing) * w_y * p_y_minus_1 + k * (weight_sum * p_y - w_y))
@@ -193,19 +201,27 @@ def dense_xent(x, labels, weight, smoothing, loss_out, grad_out, grad_scale, gra
     with np.errstate(all="ignore"):
         for sa, sb in _blocks(x.shape):
             xb = _rows(x, sa, sb)
-            q = (1.0 - smoothing) * _rows(labels, sa, sb).astype(np.float64) + smoothing / n_classes
+            q = _rows(labels, sa, sb).astype(np.float64)
+            if smoothing != 0.0:
+                q *= 1.0 - smoothing
+                q += smoothing / n_classes
             if weight is not None:
                 q *= weight
             st = _RowStats(xb)
             mass = q.sum(axis=-1)
-            # sum_c q_c (x_c - m), skipping q_c = 0 so that 0 * -inf is 0
-            dot = np.where(q != 0.0, q * st.shifted, 0.0).sum(axis=-1)
-            loss = mass * st.log_s - dot
+            # sum_c q_c (x_c - m), where q_c = 0 contributes 0 (also for x_c = -inf)
+            q_shifted = q * st.shifted
+            np.copyto(q_shifted, 0.0, where=q == 0.0)
+            loss = mass * st.log_s - q_shifted.sum(axis=-1)
+            del q_shifted
             loss[~st.finite] = np.nan
             loss_out[sa, sb] = loss
             if grad_out is None:
                 continue
             coef = _grad_coefs(grad_scale, grad_rows, sa, sb) * np.ones(mass.shape)
-            grad = (coef * mass * st.inv_s)[..., None] * st.exps - coef[..., None] * q
+            grad = st.exps  # reused in place: grad = coef (mass p - q)
+            grad *= (coef * mass * st.inv_s)[..., None]
+            q *= coef[..., None]
+            grad -= q
             grad[~st.finite] = np.nan
             _rows(grad_out, sa, sb)[...] = grad
