@@ -205,6 +205,39 @@ cdef inline void _scale_row(floating* g, Py_ssize_t n, Py_ssize_t stride, double
         g[c * stride] = <floating>(g[c * stride] * factor)
 
 
+cdef inline bint _use_tiles(Py_ssize_t n_classes) noexcept nogil:
+    """Few classes: vectorise across rows (fx_tile_stats) rather than along a row."""
+    return n_classes <= FX_TILE_MAX_C
+
+
+cdef inline Py_ssize_t _n_tiles(Py_ssize_t A, Py_ssize_t B) noexcept nogil:
+    """Tiles of FX_TILE rows: along A when classes are last (B == 1), else along B, where the
+    rows are contiguous (PyTorch's (N, C, d1, ...)); a tile never straddles two values of a."""
+    if B == 1:
+        return (A + FX_TILE - 1) // FX_TILE
+    return A * ((B + FX_TILE - 1) // FX_TILE)
+
+
+cdef inline (Py_ssize_t, Py_ssize_t, int) _tile_start(Py_ssize_t t, Py_ssize_t A,
+                                                       Py_ssize_t B) noexcept nogil:
+    """(a, b, number of rows) of tile t; its rows step along axis 0 if B == 1, else axis 2."""
+    cdef Py_ssize_t per_line
+    if B == 1:
+        return t * FX_TILE, 0, <int>min(<Py_ssize_t>FX_TILE, A - t * FX_TILE)
+    per_line = (B + FX_TILE - 1) // FX_TILE
+    return t // per_line, (t % per_line) * FX_TILE, <int>min(<Py_ssize_t>FX_TILE, B - (t % per_line) * FX_TILE)
+
+
+cdef inline void _tile_stats(const floating* x, Py_ssize_t rs, Py_ssize_t cs, int rows,
+                             Py_ssize_t n, floating* g, Py_ssize_t grs, Py_ssize_t gcs,
+                             const double* coef, double* m, double* s_rest,
+                             double* log_s) noexcept nogil:
+    if floating is float:
+        fx_tile_stats_f32(x, rs, cs, rows, n, g, grs, gcs, coef, m, s_rest, log_s)
+    else:
+        fx_tile_stats_f64(x, rs, cs, rows, n, g, grs, gcs, coef, m, s_rest, log_s)
+
+
 # --------------------------------------------------------------------------------------------
 # Normalisers
 # --------------------------------------------------------------------------------------------
@@ -233,25 +266,51 @@ def logsumexp(const floating[:, :, :] x, floating[:, :] out, int n_threads):
         return
     xp = &x[0, 0, 0]
     op = &out[0, 0]
+    if _use_tiles(C):
+        for r in prange(_n_tiles(A, B), nogil=True, schedule="static",
+                        num_threads=_threads_for(n_threads, A * B, C)):
+            _logsumexp_tile(x, out, r)
+        return
     for r in prange(A * B, nogil=True, schedule="static",
                     num_threads=_threads_for(n_threads, A * B, C)):
         a, b = _row_position(r, B)
         op[a * os0 + b * os1] = <floating>_row_logsumexp(xp + a * xs0 + b * xs2, C, xs1)
 
 
+cdef void _logsumexp_tile(const floating[:, :, :] x, floating[:, :] out, Py_ssize_t t) noexcept nogil:
+    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], a, b
+    cdef int d = 0 if B == 1 else 2, i, rows
+    cdef Py_ssize_t rs = x.strides[d] // sizeof(floating), cs = x.strides[1] // sizeof(floating)
+    cdef Py_ssize_t os = out.strides[d // 2] // sizeof(floating)
+    cdef double m[FX_TILE]
+    cdef double s_rest[FX_TILE]
+    cdef double log_s[FX_TILE]
+    cdef const floating* xt
+    cdef floating* ot
+    a, b, rows = _tile_start(t, A, B)
+    xt = &x[a, 0, b]
+    ot = &out[a, b]
+    _tile_stats(xt, rs, cs, rows, C, <floating*>NULL, 0, 0, NULL, m, s_rest, log_s)
+    for i in range(rows):
+        if m[i] == INFINITY or m[i] == -INFINITY:
+            ot[i * os] = <floating>_row_logsumexp(xt + i * rs, C, cs)
+        else:
+            ot[i * os] = <floating>(m[i] + log_s[i])
+
+
 cdef void _softmax_row(const floating* x, Py_ssize_t n, Py_ssize_t xs, floating* out,
                        Py_ssize_t os, bint log_output) noexcept nogil:
     cdef double m = _row_max(x, n, xs)
-    cdef double s_rest, shift
+    cdef double s_rest, log_s
     cdef Py_ssize_t c
     if m == INFINITY or m == -INFINITY:
         _fill_row(out, n, os, NAN)
         return
     if log_output:
-        s_rest = _row_sum_rest(x, n, xs, m, <floating*>NULL, 0)
-        shift = m + log1p(s_rest)
+        # (x - m) - log s, not x - (m + log s): m + log s would round log s away near the max
+        log_s = log1p(_row_sum_rest(x, n, xs, m, <floating*>NULL, 0))
         for c in range(n):
-            out[c * os] = <floating>(x[c * xs] - shift)
+            out[c * os] = <floating>((x[c * xs] - m) - log_s)
     else:
         s_rest = _row_sum_rest(x, n, xs, m, out, os)
         _scale_row(out, n, os, 1.0 / (1.0 + s_rest))
@@ -270,9 +329,42 @@ cdef void _softmax_kernel(const floating[:, :, :] x, floating[:, :, :] out, int 
         return
     xp = &x[0, 0, 0]
     op = &out[0, 0, 0]
+    if _use_tiles(C):
+        for r in prange(_n_tiles(A, B), schedule="static",
+                        num_threads=_threads_for(n_threads, A * B, C)):
+            _softmax_tile(x, out, r, log_output)
+        return
     for r in prange(A * B, schedule="static", num_threads=_threads_for(n_threads, A * B, C)):
         a, b = _row_position(r, B)
         _softmax_row(xp + a * xs0 + b * xs2, C, xs1, op + a * os0 + b * os2, os1, log_output)
+
+
+cdef void _softmax_tile(const floating[:, :, :] x, floating[:, :, :] out, Py_ssize_t t,
+                        bint log_output) noexcept nogil:
+    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], a, b, c
+    cdef int d = 0 if B == 1 else 2, i, rows
+    cdef Py_ssize_t rs = x.strides[d] // sizeof(floating), cs = x.strides[1] // sizeof(floating)
+    cdef Py_ssize_t ors = out.strides[d] // sizeof(floating), ocs = out.strides[1] // sizeof(floating)
+    cdef double ones[FX_TILE]
+    cdef double m[FX_TILE]
+    cdef double s_rest[FX_TILE]
+    cdef double log_s[FX_TILE]
+    cdef const floating* xt
+    cdef floating* ot
+    a, b, rows = _tile_start(t, A, B)
+    xt = &x[a, 0, b]
+    ot = &out[a, 0, b]
+    for i in range(FX_TILE):
+        ones[i] = 1.0
+    # softmax is written by the tile itself (coef 1); log_softmax row by row from its stats.
+    _tile_stats(xt, rs, cs, rows, C, <floating*>NULL if log_output else ot, ors, ocs, ones,
+                m, s_rest, log_s)
+    for i in range(rows):
+        if m[i] == INFINITY or m[i] == -INFINITY:
+            _fill_row(ot + i * ors, C, ocs, NAN)
+        elif log_output:
+            for c in range(C):
+                ot[i * ors + c * ocs] = <floating>((xt[i * rs + c * cs] - m[i]) - log_s[i])
 
 
 def softmax(const floating[:, :, :] x, floating[:, :, :] out, int n_threads):
@@ -418,10 +510,7 @@ cdef Py_ssize_t _sparse_tile(const floating* x, Py_ssize_t rs, Py_ssize_t cs, in
             coef[i] = grad_scale * w_y[i]
             if grad_rows != NULL:
                 coef[i] = coef[i] * grad_rows[i * grad_rows_s]
-    if floating is float:
-        fx_tile_stats_f32(x, rs, cs, rows, n, g, grs, gcs, coef, m, s_rest, log_s)
-    else:
-        fx_tile_stats_f64(x, rs, cs, rows, n, g, grs, gcs, coef, m, s_rest, log_s)
+    _tile_stats(x, rs, cs, rows, n, g, grs, gcs, coef, m, s_rest, log_s)
     for i in range(rows):
         grow = g + i * grs if g != NULL else NULL
         if y[i] < 0:
@@ -481,7 +570,7 @@ def sparse_xent(const floating[:, :, :] x, const label_t[:, :] labels, const dou
         gs0 = grad_out.strides[0] // sizeof(floating)
         gs1 = grad_out.strides[1] // sizeof(floating)
         gs2 = grad_out.strides[2] // sizeof(floating)
-    if smoothing == 0.0 and C <= FX_TILE_MAX_C:
+    if smoothing == 0.0 and _use_tiles(C):
         return _sparse_tiles(x, labels, wp, ignore_index, has_ignore, loss_out, grad_out,
                              grad_scale, grad_rows, n_threads)
     for r in prange(A * B, nogil=True, schedule="static",
@@ -506,49 +595,27 @@ cdef Py_ssize_t _sparse_tiles(const floating[:, :, :] x, const label_t[:, :] lab
                               const double* weight, int64_t ignore_index, bint has_ignore,
                               double[:, :] loss_out, floating[:, :, :] grad_out, double grad_scale,
                               const double[:, :] grad_rows, int n_threads):
-    """sparse_xent for few classes, in tiles of FX_TILE rows: along A when classes are last
-    (B == 1), else along B (PyTorch's (N, C, d1, ...), where such rows are contiguous)."""
+    """sparse_xent for few classes, in tiles of FX_TILE rows (see _n_tiles)."""
     cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2]
-    cdef bint along_b = B > 1
-    cdef int d = 2 if along_b else 0  # the axis the rows of a tile step along
-    cdef Py_ssize_t n_along = B if along_b else A
-    cdef Py_ssize_t tiles_per_line = (n_along + FX_TILE - 1) // FX_TILE
-    cdef Py_ssize_t n_tiles = tiles_per_line * (A if along_b else 1)
-    cdef Py_ssize_t xs0 = x.strides[0] // sizeof(floating), xs1 = x.strides[1] // sizeof(floating)
-    cdef Py_ssize_t xs2 = x.strides[2] // sizeof(floating)
-    cdef Py_ssize_t rs = x.strides[d] // sizeof(floating)
+    cdef int d = 0 if B == 1 else 2  # the axis the rows of a tile step along
+    cdef Py_ssize_t rs = x.strides[d] // sizeof(floating), cs = x.strides[1] // sizeof(floating)
     cdef Py_ssize_t ls = labels.strides[d // 2] // sizeof(label_t)
     cdef Py_ssize_t loss_s = loss_out.strides[d // 2] // sizeof(double)
     cdef bint with_grad = grad_out is not None, with_rows = grad_rows is not None
-    cdef Py_ssize_t gs0 = 0, gs1 = 0, gs2 = 0, grs = 0, rows_s = 0
-    cdef floating* gp = NULL
-    cdef const double* rows_p = NULL
-    cdef Py_ssize_t t, a, b, n_bad = 0
+    cdef Py_ssize_t grs = 0, gcs = 0, rows_s = 0, t, a, b, n_bad = 0
     cdef int rows
     if with_grad:
-        gp = &grad_out[0, 0, 0]
-        gs0 = grad_out.strides[0] // sizeof(floating)
-        gs1 = grad_out.strides[1] // sizeof(floating)
-        gs2 = grad_out.strides[2] // sizeof(floating)
         grs = grad_out.strides[d] // sizeof(floating)
+        gcs = grad_out.strides[1] // sizeof(floating)
     if with_rows:
-        rows_p = &grad_rows[0, 0]
         rows_s = grad_rows.strides[d // 2] // sizeof(double)
-    for t in prange(n_tiles, nogil=True, schedule="static",
+    for t in prange(_n_tiles(A, B), nogil=True, schedule="static",
                     num_threads=_threads_for(n_threads, A * B, C)):
-        if along_b:
-            a = t // tiles_per_line
-            b = (t % tiles_per_line) * FX_TILE
-            rows = <int>min(<Py_ssize_t>FX_TILE, B - b)
-        else:
-            a = t * FX_TILE
-            b = 0
-            rows = <int>min(<Py_ssize_t>FX_TILE, A - a)
+        a, b, rows = _tile_start(t, A, B)
         n_bad += _sparse_tile(
-            &x[a, 0, b], rs, xs1, rows, C, &labels[a, b], ls, ignore_index, has_ignore, weight,
-            &loss_out[a, b], loss_s, gp + a * gs0 + b * gs2 if with_grad else NULL, grs, gs1,
-            grad_scale, rows_p + a * (grad_rows.strides[0] // sizeof(double))
-            + b * (grad_rows.strides[1] // sizeof(double)) if with_rows else NULL, rows_s)
+            &x[a, 0, b], rs, cs, rows, C, &labels[a, b], ls, ignore_index, has_ignore, weight,
+            &loss_out[a, b], loss_s, &grad_out[a, 0, b] if with_grad else NULL, grs, gcs,
+            grad_scale, &grad_rows[a, b] if with_rows else NULL, rows_s)
     return n_bad
 
 
