@@ -1,0 +1,86 @@
+"""The two kernel modules have one interface, and the environment variables pick between them."""
+
+import inspect
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastxent
+from fastxent import _kernels_py
+
+REQUIRED = os.environ.get("FASTXENT_REQUIRE_EXTENSION") == "1"
+
+
+def _compiled():
+    try:
+        from fastxent import _kernels_c
+    except ImportError as exc:
+        if REQUIRED:
+            pytest.fail(f"FASTXENT_REQUIRE_EXTENSION=1 but the extension is missing: {exc}")
+        pytest.skip(f"compiled extension not built: {exc}")
+    return _kernels_c
+
+
+def _public(module):
+    return {name: getattr(module, name) for name in dir(module)
+            if not name.startswith("_") and callable(getattr(module, name))
+            and getattr(getattr(module, name), "__module__", module.__name__) == module.__name__}
+
+
+def test_kernel_modules_define_the_same_functions_with_the_same_parameters():
+    compiled, python = _public(_compiled()), _public(_kernels_py)
+    assert set(compiled) == set(python)
+    for name in compiled:
+        assert (list(inspect.signature(compiled[name]).parameters)
+                == list(inspect.signature(python[name]).parameters)), name
+
+
+def test_compiled_module_reports_openmp_and_threads():
+    compiled = _compiled()
+    assert isinstance(compiled.openmp_enabled, bool)
+    assert compiled.max_threads() >= 1
+    if REQUIRED:
+        assert compiled.openmp_enabled, "CI builds with OpenMP"
+
+
+def test_import_picks_the_compiled_backend_when_it_is_built():
+    _compiled()
+    assert fastxent.backend == "compiled"
+    assert fastxent.openmp_enabled == fastxent._backend.kernels.openmp_enabled
+
+
+def _import_in_subprocess(env_update):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FASTXENT_PURE_PYTHON", "FASTXENT_REQUIRE_EXTENSION")}
+    env.update(env_update)
+    code = "import fastxent; print(fastxent.backend, fastxent.openmp_enabled)"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+
+def test_pure_python_variable_forces_the_fallback():
+    result = _import_in_subprocess({"FASTXENT_PURE_PYTHON": "1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["python", "False"]
+
+
+def test_pure_python_and_require_extension_together_fail_loudly():
+    result = _import_in_subprocess({"FASTXENT_PURE_PYTHON": "1", "FASTXENT_REQUIRE_EXTENSION": "1"})
+    assert result.returncode != 0
+    assert "FASTXENT_PURE_PYTHON" in result.stderr and "FASTXENT_REQUIRE_EXTENSION" in result.stderr
+
+
+def test_fallback_results_equal_compiled_results_through_the_public_api(monkeypatch):
+    compiled = _compiled()
+    rng = np.random.default_rng(7)
+    logits = rng.standard_normal((257, 13))
+    labels = rng.integers(0, 13, 257)
+    results = {}
+    for module in (compiled, _kernels_py):
+        monkeypatch.setattr(fastxent._backend, "kernels", module)
+        results[module.__name__] = fastxent.cross_entropy_with_grad(logits, labels, reduction="sum")
+    (loss_c, grad_c), (loss_p, grad_p) = results.values()
+    np.testing.assert_allclose(loss_c, loss_p, rtol=4 * np.finfo(np.float64).eps)
+    np.testing.assert_allclose(grad_c, grad_p, rtol=0, atol=8 * np.finfo(np.float64).eps)
