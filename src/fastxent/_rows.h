@@ -30,6 +30,7 @@
 #endif
 
 #define FX_LANES 16     /* partial sums per reduction */
+#define FX_SUM_BLOCK 32 /* terms a lane sums before adding them to an outer partial sum */
 #define FX_MAX_LANES 64 /* partial maxima: several vectors in flight hide the latency */
 /* bytes of x (and gradient) row up to which the next row is prefetched: the current and the
  * next rows of both must sit in L2 together */

@@ -51,24 +51,28 @@ static inline void FX_NAME(fx_exp_sum_block)(const FX_T *x, double m, FX_T *e, d
  * element takes the vectorised path. */
 FX_CLONES static double FX_NAME(fx_row_exp_sum)(const FX_T *x, ptrdiff_t n, double m, FX_T *e)
 {
-    double acc[FX_LANES], count[FX_LANES];
+    double acc[FX_LANES], outer[FX_LANES], count[FX_LANES];
     FX_T pad_x[FX_LANES], pad_e[FX_LANES];
+    int prefetch = (size_t)n * sizeof(FX_T) * (e != NULL ? 2 : 1) <= FX_PREFETCH_MAX_ROW;
     ptrdiff_t i, rest;
     int j;
-    for (j = 0; j < FX_LANES; j++) { acc[j] = 0.0; count[j] = 0.0; }
-    if ((size_t)n * sizeof(FX_T) * (e != NULL ? 2 : 1) <= FX_PREFETCH_MAX_ROW) {
-        /* This loop is compute-bound: meanwhile, fetch what follows the row (the next row, for
+    for (j = 0; j < FX_LANES; j++) { acc[j] = 0.0; outer[j] = 0.0; count[j] = 0.0; }
+    for (i = 0; i + FX_LANES <= n; i += FX_LANES) {
+        /* The loop is compute-bound: meanwhile, fetch what follows the row (the next row, for
          * contiguous rows) into L2, so that its max pass does not wait on memory. Prefetches
          * never fault, so reading past the end of the array is harmless. */
-        for (i = 0; i + FX_LANES <= n; i += FX_LANES) {
+        if (prefetch) {
             __builtin_prefetch((const char *)(x + n + i), 0, 2);
             if (e != NULL) __builtin_prefetch((const char *)(e + n + i), 1, 2);
-            FX_NAME(fx_exp_sum_block)(x + i, m, e != NULL ? e + i : NULL, acc, count);
         }
-    } else {
-        for (i = 0; i + FX_LANES <= n; i += FX_LANES)
-            FX_NAME(fx_exp_sum_block)(x + i, m, e != NULL ? e + i : NULL, acc, count);
+        FX_NAME(fx_exp_sum_block)(x + i, m, e != NULL ? e + i : NULL, acc, count);
+        /* two-level sums: each lane adds at most FX_SUM_BLOCK terms before they go into the
+         * outer sum, which keeps the rounding error of long rows (C = 32000) small */
+        if ((i / FX_LANES) % FX_SUM_BLOCK == FX_SUM_BLOCK - 1)
+            for (j = 0; j < FX_LANES; j++) { outer[j] += acc[j]; acc[j] = 0.0; }
     }
+    for (j = 0; j < FX_LANES; j++) outer[j] += acc[j];
+    for (j = 0; j < FX_LANES; j++) acc[j] = 0.0;
     rest = n - i;
     if (rest > 0) {
         for (j = 0; j < FX_LANES; j++) pad_x[j] = j < rest ? x[i + j] : -INFINITY;
@@ -76,7 +80,8 @@ FX_CLONES static double FX_NAME(fx_row_exp_sum)(const FX_T *x, ptrdiff_t n, doub
         if (e != NULL)
             for (j = 0; j < rest; j++) e[i + j] = pad_e[j];
     }
-    return fx_combine(acc) + (fx_combine(count) - 1.0);
+    for (j = 0; j < FX_LANES; j++) outer[j] += acc[j];
+    return fx_combine(outer) + (fx_combine(count) - 1.0);
 }
 
 /* g[i] *= factor */
