@@ -2,11 +2,13 @@
 
 ``FASTXENT_PURE_PYTHON=1`` forces the fallback; ``FASTXENT_REQUIRE_EXTENSION=1`` makes a missing
 compiled module an ImportError instead of a fallback (CI sets it, so the fallback is never
-tested twice by accident). Both are read once, at import. The public functions look up
+tested twice by accident); otherwise a missing compiled module falls back with a RuntimeWarning. Both are read once, at import. The public functions look up
 ``kernels`` at call time, so the test suite can swap it to run every test on both modules.
 """
 
+import importlib.util
 import os
+import warnings
 from types import ModuleType
 
 
@@ -26,12 +28,22 @@ def _load() -> tuple[ModuleType, str]:
     try:
         from . import _kernels_c
     except ImportError as exc:
+        built = importlib.util.find_spec(f"{__package__}._kernels_c") is not None
+        reason = f"it does not import: {exc}" if built else "it was not built"
         if _flag("FASTXENT_REQUIRE_EXTENSION"):
             raise ImportError(
-                "fastxent: the compiled extension fastxent._kernels_c is missing or broken "
-                f"({exc}) and FASTXENT_REQUIRE_EXTENSION is set; rebuild with "
+                f"fastxent: the compiled extension fastxent._kernels_c is unavailable ({reason}) "
+                "and FASTXENT_REQUIRE_EXTENSION is set; rebuild with "
                 "`pip install --force-reinstall --no-cache-dir .`"
             ) from exc
+        # pip hides a build's own warnings, so say it here, where the user will see it.
+        warnings.warn(
+            f"fastxent: the compiled extension is unavailable ({reason}); using the pure-NumPy "
+            "fallback, which is correct but much slower. Set FASTXENT_PURE_PYTHON=1 to choose "
+            "the fallback deliberately (and silence this warning).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         from . import _kernels_py
 
         return _kernels_py, "python"
