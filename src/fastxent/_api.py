@@ -30,7 +30,12 @@ ArrayLike = Any
 # ------------------------------------------------------------------------------------------
 
 def _threads(n_threads: Any) -> int:
-    return check.n_threads(n_threads, _backend.kernels.max_threads())
+    threads = check.n_threads(n_threads, _backend.kernels.max_threads())
+    if _backend.forked_after_parallel:
+        return 1  # see _backend: OpenMP cannot run in parallel in this forked child
+    if threads > 1:
+        _backend.parallel_used = True
+    return threads
 
 
 def _split(shape: tuple[int, ...], axis: int) -> tuple[int, int, int]:

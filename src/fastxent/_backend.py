@@ -52,3 +52,19 @@ def _load() -> tuple[ModuleType, str]:
 
 kernels, name = _load()
 openmp_enabled: bool = bool(kernels.openmp_enabled)
+
+
+# GNU OpenMP cannot run a parallel region in a child forked after the parent ran one: the child
+# would wait forever for the parent's worker threads. Such a child computes serially instead
+# (its results are bitwise the same: they never depend on the thread count).
+parallel_used = False
+forked_after_parallel = False
+
+
+def _after_fork_in_child() -> None:
+    global forked_after_parallel
+    forked_after_parallel = forked_after_parallel or parallel_used
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
