@@ -1,0 +1,144 @@
+"""Parity with torch.nn.functional.cross_entropy and its autograd gradient, over the argument matrix.
+
+PyTorch computes float32 in float32 (fastxent accumulates in double and is the more exact of
+the two), so float32 is compared at a few float32 ulps of the largest value and float64 at a
+few float64 ulps.
+"""
+
+import itertools
+import zlib
+
+import numpy as np
+import pytest
+
+import fastxent
+
+torch = pytest.importorskip("torch", reason="PyTorch is not installed: parity tests skipped")
+
+SHAPES = [(7,), (12, 5), (6, 4, 3), (3, 5, 2, 4)]
+REDUCTIONS = ["mean", "sum", "none"]
+INT_DTYPES = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64]
+
+
+def _tolerance(dtype):
+    return {"rtol": 1e-5, "atol": 1e-6} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-14}
+
+
+def _target_shape(shape):
+    return shape[:1] + shape[2:] if len(shape) > 1 else ()
+
+
+def _n_classes(shape):
+    return shape[1] if len(shape) > 1 else shape[0]
+
+
+def _torch_loss_and_grad(x, target, grad_output=1.0, **kwargs):
+    xt = torch.tensor(x, requires_grad=True)
+    tt = torch.tensor(target.astype(np.int64) if target.dtype.kind in "iu" else target)
+    if kwargs.get("weight") is not None:
+        kwargs["weight"] = torch.tensor(kwargs["weight"], dtype=xt.dtype)
+    loss = torch.nn.functional.cross_entropy(xt, tt, **kwargs)
+    loss.backward(torch.as_tensor(grad_output, dtype=xt.dtype).expand_as(loss))
+    return loss.detach().numpy(), xt.grad.numpy()
+
+
+def _compare(x, target, dtype, grad_output=1.0, **kwargs):
+    expected_loss, expected_grad = _torch_loss_and_grad(x, target, grad_output, **kwargs)
+    loss = fastxent.cross_entropy(x, target, **kwargs)
+    loss2, grad = fastxent.cross_entropy_with_grad(x, target, grad_output=grad_output, **kwargs)
+    assert np.asarray(loss).dtype == dtype and grad.dtype == dtype and grad.shape == x.shape
+    np.testing.assert_array_equal(loss, loss2)  # the fused call computes the same loss
+    np.testing.assert_allclose(loss, expected_loss, **_tolerance(dtype))
+    np.testing.assert_allclose(grad, expected_grad, **_tolerance(dtype))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.15])
+def test_class_index_targets_match_torch(backend, dtype, shape, reduction, weighted, smoothing):
+    rng = np.random.default_rng(zlib.crc32(repr((shape, reduction, weighted, smoothing)).encode()))
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    c = _n_classes(shape)
+    target = rng.integers(0, c, _target_shape(shape))
+    weight = rng.uniform(0.1, 2.0, c) if weighted else None
+    grad_output = rng.standard_normal(target.shape) if reduction == "none" else 0.7
+    _compare(x, target, dtype, grad_output, weight=weight, reduction=reduction,
+             label_smoothing=smoothing)
+
+
+@pytest.mark.parametrize("shape", SHAPES[1:], ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("ignore_index", [-100, 2])
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_ignored_targets_match_torch(backend, dtype, shape, reduction, ignore_index, smoothing):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(shape).astype(dtype)
+    target = rng.integers(0, _n_classes(shape), _target_shape(shape))
+    target.flat[::3] = ignore_index
+    weight = rng.uniform(0.1, 2.0, _n_classes(shape))
+    _compare(x, target, dtype, weight=weight, reduction=reduction, ignore_index=ignore_index,
+             label_smoothing=smoothing)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_all_targets_ignored_gives_nan_mean_and_zero_gradient(backend, dtype, reduction):
+    x = np.arange(12, dtype=dtype).reshape(4, 3)
+    target = np.full(4, -100)
+    expected_loss, expected_grad = _torch_loss_and_grad(x, target, reduction=reduction)
+    loss, grad = fastxent.cross_entropy_with_grad(x, target, reduction=reduction)
+    np.testing.assert_array_equal(loss, expected_loss)  # NaN for mean, 0 for sum, zeros for none
+    np.testing.assert_array_equal(grad, np.zeros_like(x))
+    np.testing.assert_array_equal(grad, expected_grad)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+def test_probability_targets_match_torch(backend, dtype, shape, reduction, weighted, smoothing):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape).astype(dtype)
+    class_axis = 1 if len(shape) > 1 else 0
+    target = rng.random(shape).astype(dtype)
+    target /= target.sum(axis=class_axis, keepdims=True)
+    weight = rng.uniform(0.1, 2.0, _n_classes(shape)) if weighted else None
+    _compare(x, target, dtype, weight=weight, reduction=reduction, label_smoothing=smoothing)
+
+
+@pytest.mark.parametrize("int_dtype", INT_DTYPES, ids=lambda t: np.dtype(t).name)
+def test_every_integer_target_dtype_matches_torch(backend, dtype, int_dtype):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((9, 6)).astype(dtype)
+    target = rng.integers(0, 6, 9).astype(int_dtype)
+    _compare(x, target, dtype)
+    if np.dtype(int_dtype).kind == "i":  # a negative ignore_index in a signed type
+        target[::2] = -1
+        _compare(x, target, dtype, ignore_index=-1)
+
+
+@pytest.mark.parametrize("n_classes", [3, 40, 1000])
+def test_large_class_counts_and_logits_match_torch(backend, dtype, n_classes):
+    rng = np.random.default_rng(n_classes)
+    x = (rng.standard_normal((33, n_classes)) * 20).astype(dtype)
+    target = rng.integers(0, n_classes, 33)
+    for reduction, smoothing in itertools.product(REDUCTIONS, [0.0, 0.1]):
+        _compare(x, target, dtype, reduction=reduction, label_smoothing=smoothing)
+
+
+def test_crossentropyloss_object_matches_torch_module(backend, dtype):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((10, 4, 3)).astype(dtype)
+    target = rng.integers(0, 4, (10, 3))
+    target[0, 0] = 1  # make sure index 1 (the ignore_index here) appears
+    weight = np.array([0.5, 1.0, 2.0, 1.5])
+    ours = fastxent.CrossEntropyLoss(weight=weight, ignore_index=1, label_smoothing=0.05)
+    theirs = torch.nn.CrossEntropyLoss(weight=torch.tensor(weight, dtype=torch.float64 if dtype == np.float64 else torch.float32),
+                                       ignore_index=1, label_smoothing=0.05)
+    xt = torch.tensor(x, requires_grad=True)
+    expected = theirs(xt, torch.tensor(target))
+    expected.backward()
+    np.testing.assert_allclose(ours(x, target), expected.detach().numpy(), **_tolerance(dtype))
+    loss, grad = ours.with_grad(x, target)
+    np.testing.assert_allclose(loss, expected.detach().numpy(), **_tolerance(dtype))
+    np.testing.assert_allclose(grad, xt.grad.numpy(), **_tolerance(dtype))
