@@ -100,7 +100,7 @@ def _normalise(x: np.ndarray, out: np.ndarray, log_output: bool) -> None:
             if log_output:
                 result = st.shifted - st.log_s[..., None]
             else:
-                result = st.exps * st.inv_s[..., None]
+                result = st.exps / (1.0 + st.s_rest)[..., None]  # one rounding fewer than * inv_s
             result[~st.finite] = np.nan
             _rows(out, sa, sb)[...] = result
 
