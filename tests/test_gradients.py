@@ -1,0 +1,104 @@
+"""Gradients against central finite differences of the loss, in float64, for every loss variant."""
+
+import numpy as np
+import pytest
+
+import fastxent
+
+
+def numerical_gradient(f, x, h=1e-6):
+    """Central differences of the scalar function f at x."""
+    grad = np.empty_like(x)
+    for i in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[i] += h
+        down[i] -= h
+        grad[i] = (f(up) - f(down)) / (2 * h)
+    return grad
+
+
+def _check(loss_of, grad, x):
+    np.testing.assert_allclose(grad, numerical_gradient(loss_of, x), rtol=1e-6, atol=1e-8)
+
+
+VARIANTS = [
+    {},
+    {"reduction": "sum"},
+    {"weight": [0.3, 1.0, 2.5, 0.0, 1.2]},
+    {"label_smoothing": 0.2},
+    {"weight": [0.3, 1.0, 2.5, 0.7, 1.2], "label_smoothing": 0.3},
+    {"ignore_index": 2},
+    {"ignore_index": 2, "weight": [0.3, 1.0, 2.5, 0.7, 1.2], "label_smoothing": 0.1},
+]
+
+
+@pytest.mark.parametrize("kwargs", VARIANTS, ids=lambda k: ",".join(k) or "plain")
+@pytest.mark.parametrize("shape", [(6, 5), (3, 5, 2)], ids=str)
+def test_class_index_gradient_matches_finite_differences(backend, kwargs, shape):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape)
+    target = rng.integers(0, 5, shape[:1] + shape[2:])
+    target.flat[0] = 2
+    loss, grad = fastxent.cross_entropy_with_grad(x, target, grad_output=1.7, **kwargs)
+    _check(lambda z: 1.7 * float(fastxent.cross_entropy(z, target, **kwargs)), grad, x)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"weight": [0.3, 1.0, 2.5, 0.7, 1.2]}, {"label_smoothing": 0.25}],
+                         ids=["plain", "weight", "smoothing"])
+def test_none_reduction_gradient_with_array_grad_output(backend, kwargs):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((7, 5))
+    target = rng.integers(0, 5, 7)
+    grad_output = rng.standard_normal(7)
+    _, grad = fastxent.cross_entropy_with_grad(x, target, reduction="none", grad_output=grad_output, **kwargs)
+    _check(lambda z: float(np.dot(grad_output, fastxent.cross_entropy(z, target, reduction="none", **kwargs))),
+           grad, x)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"weight": [0.3, 1.0, 2.5, 0.7, 1.2]}, {"label_smoothing": 0.25},
+                                    {"reduction": "sum"}], ids=["plain", "weight", "smoothing", "sum"])
+def test_probability_target_gradient_matches_finite_differences(backend, kwargs):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((6, 5))
+    target = rng.random((6, 5))
+    target /= target.sum(axis=1, keepdims=True)
+    _, grad = fastxent.cross_entropy_with_grad(x, target, **kwargs)
+    _check(lambda z: float(fastxent.cross_entropy(z, target, **kwargs)), grad, x)
+
+
+def test_dense_labels_not_summing_to_one_get_the_true_gradient(backend):
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((5, 4))
+    labels = rng.random((5, 4)) * 2  # rows sum to anything but 1
+    loss, backprop = fastxent.softmax_cross_entropy_with_logits_and_grad(labels, logits)
+    _check(lambda z: float(fastxent.softmax_cross_entropy_with_logits(labels, z).sum()), backprop, logits)
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(backprop, labels.sum(axis=1, keepdims=True) * p - labels, rtol=1e-12)
+    assert not np.allclose(backprop, p - labels)  # TensorFlow's raw op would be wrong here
+
+
+def test_sparse_tensorflow_backprop_matches_finite_differences(backend):
+    rng = np.random.default_rng(4)
+    logits = rng.standard_normal((2, 3, 6))
+    labels = rng.integers(0, 6, (2, 3))
+    _, backprop = fastxent.sparse_softmax_cross_entropy_with_logits_and_grad(labels, logits)
+    _check(lambda z: float(fastxent.sparse_softmax_cross_entropy_with_logits(labels, z).sum()),
+           backprop, logits)
+
+
+def test_dense_class_axis_not_last_gradient(backend):
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal((4, 3, 2))
+    labels = rng.random((4, 3, 2))
+    _, backprop = fastxent.softmax_cross_entropy_with_logits_and_grad(labels, logits, axis=1)
+    _check(lambda z: float(fastxent.softmax_cross_entropy_with_logits(labels, z, axis=1).sum()),
+           backprop, logits)
+
+
+def test_gradient_of_the_label_class_keeps_precision_when_the_loss_is_tiny(backend, dtype):
+    x = np.array([[40.0, 0.0, -3.0]], dtype=dtype)
+    _, grad = fastxent.cross_entropy_with_grad(x, [0], reduction="sum")
+    exact = -(np.exp(np.longdouble(-40)) + np.exp(np.longdouble(-43))) / (
+        1 + np.exp(np.longdouble(-40)) + np.exp(np.longdouble(-43)))
+    assert grad[0, 0] != 0  # p - 1 computed as -s_rest / s, not rounded to 0
+    assert abs(grad[0, 0] - exact) <= 2 * np.spacing(dtype(abs(exact)))
