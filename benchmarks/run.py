@@ -465,6 +465,11 @@ def machine() -> dict:
     return info
 
 
+def argv_filters(args) -> bool:
+    """Whether --threads or --dtypes narrowed a full run."""
+    return set(args.threads) != {1, 2} or set(args.dtypes) != {"float32", "float64"}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few cases, float32, under a minute")
@@ -492,7 +497,8 @@ def main(argv=None) -> int:
     print(table_md)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "-quick" if args.quick else ""
+    # a filtered run never overwrites the results of a whole one
+    suffix = "-quick" if args.quick else ("-partial" if args.cases or argv_filters(args) else "")
     command = "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
     document = (f"# fastxent benchmarks\n\n`{command.strip()}`\n\n"
                 + "\n".join(f"- {k}: {v}" for k, v in info.items())

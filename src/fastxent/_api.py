@@ -225,16 +225,20 @@ def _grad_result(problem: _Problem, out: Any, inputs: dict[str, Any], in_place_o
 # TensorFlow family
 # ------------------------------------------------------------------------------------------
 
-def _tf_dense(labels, logits, axis, out, n_threads, with_grad):
+def _tf_call(labels, logits, axis, out, n_threads, with_grad, sparse):
+    """The TensorFlow family: per-example losses, class axis ``axis`` (last for sparse labels)."""
     x, result = check.float_array(logits, "logits")
     check.at_least_1d(x, "logits")
-    ax = check.normalise_axis(axis, x.ndim)
+    ax = x.ndim - 1 if sparse else check.normalise_axis(axis, x.ndim)
     check.n_classes(x.shape, ax, "logits")
-    t = check.dense_labels(labels, x.shape, x.dtype, "logits", "labels")
+    if sparse:
+        y = check.sparse_labels(labels, x.shape[:-1], "logits", x.shape, "labels")
+    else:
+        y = check.dense_labels(labels, x.shape, x.dtype, "logits", "labels")
     nt = _threads(n_threads)
     problem = _Problem(x, ax, result)
     grad = _grad_result(problem, out, {"logits": logits, "labels": labels}, logits) if with_grad else None
-    loss = _run(problem, t, False, weight=None, ignore_index=None, smoothing=0.0, reduction="none",
+    loss = _run(problem, y, sparse, weight=None, ignore_index=None, smoothing=0.0, reduction="none",
                 grad=grad, grad_output=1.0, n_threads=nt)
     return (loss, grad.finish()) if with_grad else loss
 
@@ -250,7 +254,7 @@ def softmax_cross_entropy_with_logits(labels: ArrayLike, logits: ArrayLike, axis
     ...                                   [[4.0, 2.0, 1.0], [0.0, 5.0, 1.0]])
     array([0.16984602, 0.82474494])
     """
-    return _tf_dense(labels, logits, axis, None, n_threads, with_grad=False)
+    return _tf_call(labels, logits, axis, None, n_threads, with_grad=False, sparse=False)
 
 
 def softmax_cross_entropy_with_logits_and_grad(labels: ArrayLike, logits: ArrayLike, axis: int = -1, *,
@@ -262,21 +266,7 @@ def softmax_cross_entropy_with_logits_and_grad(labels: ArrayLike, logits: ArrayL
     (TensorFlow's raw op returns ``softmax - labels``, which is only right when each row of
     labels sums to 1). ``out`` receives the gradient; ``out=logits`` computes it in place.
     """
-    return _tf_dense(labels, logits, axis, out, n_threads, with_grad=True)
-
-
-def _tf_sparse(labels, logits, out, n_threads, with_grad):
-    x, result = check.float_array(logits, "logits")
-    check.at_least_1d(x, "logits")
-    ax = x.ndim - 1
-    check.n_classes(x.shape, ax, "logits")
-    y = check.sparse_labels(labels, x.shape[:-1], "logits", x.shape, "labels")
-    nt = _threads(n_threads)
-    problem = _Problem(x, ax, result)
-    grad = _grad_result(problem, out, {"logits": logits, "labels": labels}, logits) if with_grad else None
-    loss = _run(problem, y, True, weight=None, ignore_index=None, smoothing=0.0, reduction="none",
-                grad=grad, grad_output=1.0, n_threads=nt)
-    return (loss, grad.finish()) if with_grad else loss
+    return _tf_call(labels, logits, axis, out, n_threads, with_grad=True, sparse=False)
 
 
 def sparse_softmax_cross_entropy_with_logits(labels: ArrayLike, logits: ArrayLike, *,
@@ -291,7 +281,7 @@ def sparse_softmax_cross_entropy_with_logits(labels: ArrayLike, logits: ArrayLik
     ...     [0.0, 0.0, 1.9, 1.4], [-100.0, 100.0, -100.0, -100.0]])
     array([0.29750752, 1.14483244, 0.        ])
     """
-    return _tf_sparse(labels, logits, None, n_threads, with_grad=False)
+    return _tf_call(labels, logits, -1, None, n_threads, with_grad=False, sparse=True)
 
 
 def sparse_softmax_cross_entropy_with_logits_and_grad(labels: ArrayLike, logits: ArrayLike, *,
@@ -299,7 +289,7 @@ def sparse_softmax_cross_entropy_with_logits_and_grad(labels: ArrayLike, logits:
                                                       n_threads: int | None = None):
     """``(loss, backprop)`` with ``backprop = softmax(logits) - one_hot(labels)``, fused in one pass
     over the logits, as ``tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits``."""
-    return _tf_sparse(labels, logits, out, n_threads, with_grad=True)
+    return _tf_call(labels, logits, -1, out, n_threads, with_grad=True, sparse=True)
 
 
 # ------------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from libc.math cimport log1p, INFINITY, NAN, isnan
 from libc.stdint cimport (int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t,
                           uint64_t, INT64_MAX)
 
-cimport cython
 from cython cimport floating
 
 import numpy as np
@@ -705,6 +704,11 @@ def dense_xent(const floating[:, :, :] x, const floating[:, :, :] labels, const 
         gs0 = grad_out.strides[0] // sizeof(floating)
         gs1 = grad_out.strides[1] // sizeof(floating)
         gs2 = grad_out.strides[2] // sizeof(floating)
+    # Few classes go by tiles, unless the gradient overwrites the logits: the loss reads the
+    # logits again after the tile has written the gradient.
+    if _use_tiles(C) and not (with_grad and <const void*>gp == <const void*>xp):
+        _dense_tiles(x, labels, wp, smoothing, loss_out, grad_out, grad_scale, grad_rows, n_threads)
+        return
     for r in prange(A * B, nogil=True, schedule="static",
                     num_threads=_threads_for(n_threads, A * B, C)):
         a, b = _row_position(r, B)
@@ -712,3 +716,74 @@ def dense_xent(const floating[:, :, :] x, const floating[:, :, :] labels, const 
         coef = grad_scale * grad_rows[a, b] if with_rows else grad_scale
         _dense_row(xp + a * xs0 + b * xs2, C, xs1, tp + a * ts0 + b * ts2, ts1, wp, smoothing,
                    &loss_out[a, b], grow, gs1, coef)
+
+
+cdef void _dense_tile(const floating* x, Py_ssize_t rs, Py_ssize_t cs, int rows, Py_ssize_t n,
+                      const floating* t, Py_ssize_t trs, Py_ssize_t tcs, const double* weight,
+                      double smoothing, double* loss, Py_ssize_t loss_s, floating* g,
+                      Py_ssize_t grs, Py_ssize_t gcs, double grad_scale, const double* grad_rows,
+                      Py_ssize_t grad_rows_s) noexcept nogil:
+    """_dense_row for up to FX_TILE rows of few classes: the softmax, scaled by coef * mass, is
+    written by fx_tile_stats; the label terms are done per row. ``g`` must not alias ``x``."""
+    cdef double coef[FX_TILE]
+    cdef double scaled[FX_TILE]
+    cdef double mass[FX_TILE]
+    cdef double m[FX_TILE]
+    cdef double s_rest[FX_TILE]
+    cdef double log_s[FX_TILE]
+    cdef double keep = 1.0 - smoothing, spread = smoothing / n, q, dot
+    cdef Py_ssize_t c
+    cdef int i
+    for i in range(rows):
+        mass[i] = 0.0
+        for c in range(n):
+            q = keep * t[i * trs + c * tcs] + spread
+            if weight != NULL:
+                q = q * weight[c]
+            mass[i] += q
+        coef[i] = grad_scale * grad_rows[i * grad_rows_s] if grad_rows != NULL else grad_scale
+        scaled[i] = coef[i] * mass[i]
+    _tile_stats(x, rs, cs, rows, n, g, grs, gcs, scaled, m, s_rest, log_s)
+    for i in range(rows):
+        if m[i] == INFINITY or m[i] == -INFINITY:
+            loss[i * loss_s] = NAN
+            if g != NULL:
+                _fill_row(g + i * grs, n, gcs, NAN)
+            continue
+        dot = 0.0
+        for c in range(n):
+            q = keep * t[i * trs + c * tcs] + spread
+            if weight != NULL:
+                q = q * weight[c]
+            if q != 0.0:  # so that a -inf logit without label mass costs nothing
+                dot += q * (x[i * rs + c * cs] - m[i])
+            if g != NULL:
+                g[i * grs + c * gcs] = <floating>(g[i * grs + c * gcs] - coef[i] * q)
+        loss[i * loss_s] = mass[i] * log_s[i] - dot
+
+
+cdef void _dense_tiles(const floating[:, :, :] x, const floating[:, :, :] labels,
+                       const double* weight, double smoothing, double[:, :] loss_out,
+                       floating[:, :, :] grad_out, double grad_scale,
+                       const double[:, :] grad_rows, int n_threads) noexcept nogil:
+    """dense_xent for few classes, in tiles of FX_TILE rows (see _n_tiles)."""
+    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2]
+    cdef int d = 0 if B == 1 else 2  # the axis the rows of a tile step along
+    cdef Py_ssize_t rs = x.strides[d] // sizeof(floating), cs = x.strides[1] // sizeof(floating)
+    cdef Py_ssize_t trs = labels.strides[d] // sizeof(floating)
+    cdef Py_ssize_t tcs = labels.strides[1] // sizeof(floating)
+    cdef Py_ssize_t loss_s = loss_out.strides[d // 2] // sizeof(double)
+    cdef bint with_grad = grad_out is not None, with_rows = grad_rows is not None
+    cdef Py_ssize_t grs = 0, gcs = 0, rows_s = 0, t, a, b
+    cdef int rows
+    if with_grad:
+        grs = grad_out.strides[d] // sizeof(floating)
+        gcs = grad_out.strides[1] // sizeof(floating)
+    if with_rows:
+        rows_s = grad_rows.strides[d // 2] // sizeof(double)
+    for t in prange(_n_tiles(A, B), schedule="static",
+                    num_threads=_threads_for(n_threads, A * B, C)):
+        a, b, rows = _tile_start(t, A, B)
+        _dense_tile(&x[a, 0, b], rs, cs, rows, C, &labels[a, 0, b], trs, tcs, weight, smoothing,
+                    &loss_out[a, b], loss_s, &grad_out[a, 0, b] if with_grad else NULL, grs, gcs,
+                    grad_scale, &grad_rows[a, b] if with_rows else NULL, rows_s)
