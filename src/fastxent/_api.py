@@ -89,7 +89,8 @@ def _prepare_out(out: Any, shape: tuple[int, ...], result: np.dtype, inputs: dic
 
 
 def _scalar(value: float, dtype: np.dtype) -> np.generic:
-    return dtype.type(value)
+    with np.errstate(over="ignore"):  # rounding to float32 may overflow to inf, like the rows
+        return dtype.type(value)
 
 
 # ------------------------------------------------------------------------------------------
@@ -139,7 +140,7 @@ def logsumexp(x: ArrayLike, axis: int = -1, *, out: np.ndarray | None = None,
     without ``axis``.
 
     >>> logsumexp(np.array([1.0, 2.0, 3.0]))
-    np.float64(3.4076059644443806)
+    np.float64(3.40760596444438)
     """
     arr, result = check.float_array(x, "x")
     check.at_least_1d(arr, "x")
@@ -169,6 +170,11 @@ class _Problem:
         self.loss_shape = logits.shape[:axis] + logits.shape[axis + 1:]
 
 
+def _any_counted(labels: np.ndarray, ignore_index: int | None) -> bool:
+    """Whether any row's target is not ignored (labels are known to be valid)."""
+    return labels.size > 0 and (ignore_index is None or bool(np.any(labels != ignore_index)))
+
+
 def _run(problem: _Problem, labels: np.ndarray, sparse: bool, *, weight: np.ndarray | None,
          ignore_index: int | None, smoothing: float, reduction: str, grad: _Result | None,
          grad_output: Any, n_threads: int) -> np.ndarray | np.generic:
@@ -193,8 +199,13 @@ def _run(problem: _Problem, labels: np.ndarray, sparse: bool, *, weight: np.ndar
         grad_scale, rows = check.grad_output(grad_output, reduction, p.loss_shape)
         if rows is not None:
             grad_rows = rows.reshape(p.a, p.b)
-        # mean with every target ignored: the loss is NaN (0/0) and the gradient all zeros
-        grad_scale = grad_scale / denominator if denominator != 0.0 else 0.0
+        if denominator != 0.0:
+            grad_scale = grad_scale / denominator
+        elif sparse and _any_counted(labels2, ignore_index):
+            # mean over targets whose classes all weigh 0: PyTorch's gradient is go / 0 = NaN
+            grad_scale = float("nan")
+        else:
+            grad_scale = 0.0  # mean with every target ignored: the gradient is all zeros
 
     loss_rows = np.empty((p.a, p.b), dtype=np.float64)
     kernel_grad = grad.kernel_view if grad is not None else None
@@ -207,7 +218,8 @@ def _run(problem: _Problem, labels: np.ndarray, sparse: bool, *, weight: np.ndar
                            grad_rows, n_threads)
 
     if reduction == "none":
-        losses = loss_rows.reshape(p.loss_shape).astype(p.result, copy=False)
+        with np.errstate(over="ignore"):  # a float32 loss beyond 3.4e38 is inf, as documented
+            losses = loss_rows.reshape(p.loss_shape).astype(p.result, copy=False)
         return losses if losses.ndim else losses[()]
     total = float(loss_rows.sum())  # pairwise, in a fixed order: the same bits for any n_threads
     if reduction == "sum":
@@ -252,7 +264,7 @@ def softmax_cross_entropy_with_logits(labels: ArrayLike, logits: ArrayLike, axis
 
     >>> softmax_cross_entropy_with_logits([[1.0, 0.0, 0.0], [0.0, 0.8, 0.2]],
     ...                                   [[4.0, 2.0, 1.0], [0.0, 5.0, 1.0]])
-    array([0.16984602, 0.82474494])
+    array([0.16984602, 0.82474489])
     """
     return _tf_call(labels, logits, axis, None, n_threads, with_grad=False, sparse=False)
 
@@ -279,7 +291,9 @@ def sparse_softmax_cross_entropy_with_logits(labels: ArrayLike, logits: ArrayLik
 
     >>> sparse_softmax_cross_entropy_with_logits([0, 3, 1], [[2.0, -5.0, 0.5, -0.1],
     ...     [0.0, 0.0, 1.9, 1.4], [-100.0, 100.0, -100.0, -100.0]])
-    array([0.29750752, 1.14483244, 0.        ])
+    array([2.97507497e-01, 1.14483255e+00, 4.15168958e-87])
+
+    (TensorFlow's float32 op rounds the last loss to 0.)
     """
     return _tf_call(labels, logits, -1, None, n_threads, with_grad=False, sparse=True)
 

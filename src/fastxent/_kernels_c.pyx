@@ -704,9 +704,7 @@ def dense_xent(const floating[:, :, :] x, const floating[:, :, :] labels, const 
         gs0 = grad_out.strides[0] // sizeof(floating)
         gs1 = grad_out.strides[1] // sizeof(floating)
         gs2 = grad_out.strides[2] // sizeof(floating)
-    # Few classes go by tiles, unless the gradient overwrites the logits: the loss reads the
-    # logits again after the tile has written the gradient.
-    if _use_tiles(C) and not (with_grad and <const void*>gp == <const void*>xp):
+    if _use_tiles(C):
         _dense_tiles(x, labels, wp, smoothing, loss_out, grad_out, grad_scale, grad_rows, n_threads)
         return
     for r in prange(A * B, nogil=True, schedule="static",
@@ -724,7 +722,10 @@ cdef void _dense_tile(const floating* x, Py_ssize_t rs, Py_ssize_t cs, int rows,
                       Py_ssize_t grs, Py_ssize_t gcs, double grad_scale, const double* grad_rows,
                       Py_ssize_t grad_rows_s) noexcept nogil:
     """_dense_row for up to FX_TILE rows of few classes: the softmax, scaled by coef * mass, is
-    written by fx_tile_stats; the label terms are done per row. ``g`` must not alias ``x``."""
+    written by fx_tile_stats; the label terms are done per row. ``g`` may alias ``x``: the
+    label terms then read a copy of the tile's logits, taken before the gradient overwrites them,
+    so that in place and out of place give the same bits."""
+    cdef floating x_copy[FX_TILE * FX_TILE_MAX_C]
     cdef double coef[FX_TILE]
     cdef double scaled[FX_TILE]
     cdef double mass[FX_TILE]
@@ -743,6 +744,11 @@ cdef void _dense_tile(const floating* x, Py_ssize_t rs, Py_ssize_t cs, int rows,
             mass[i] += q
         coef[i] = grad_scale * grad_rows[i * grad_rows_s] if grad_rows != NULL else grad_scale
         scaled[i] = coef[i] * mass[i]
+    if g != NULL and <const void*>g == <const void*>x:
+        for i in range(rows):
+            for c in range(n):
+                x_copy[i * n + c] = x[i * rs + c * cs]
+        x, rs, cs = x_copy, n, 1
     _tile_stats(x, rs, cs, rows, n, g, grs, gcs, scaled, m, s_rest, log_s)
     for i in range(rows):
         if m[i] == INFINITY or m[i] == -INFINITY:
