@@ -31,7 +31,7 @@ def load_kernels(name):
     except ImportError as exc:
         if os.environ.get("FASTXENT_REQUIRE_EXTENSION") == "1":
             pytest.fail(f"FASTXENT_REQUIRE_EXTENSION=1 but fastxent._kernels_c is missing: {exc}")
-        pytest.skip(f"compiled extension not built: {exc}")
+        pytest.skip(f"compiled extension fastxent._kernels_c unavailable: {exc}")
 
 
 @pytest.fixture(params=BACKENDS)

@@ -24,11 +24,27 @@ def exact_row_losses(logits, labels):
     return np.log1p(rest) - (x[np.arange(len(labels)), labels] - m[:, 0])
 
 
-def ulp_error(actual, exact, dtype):
-    """|actual - exact| in units of the spacing of the exact value rounded to ``dtype``."""
+def ulp_error(actual, exact):
+    """|actual - exact| in ulps: units of the spacing of the exact value rounded to the dtype of
+    ``actual`` (the exact value is given in long double)."""
+    actual = np.asarray(actual)
     exact = np.asarray(exact, dtype=np.longdouble)
-    spacing = np.spacing(np.abs(exact.astype(dtype))).astype(np.longdouble)
-    return np.abs(np.asarray(actual, dtype=np.longdouble) - exact) / spacing
+    spacing = np.spacing(np.abs(exact.astype(actual.dtype))).astype(np.longdouble)
+    return np.abs(actual.astype(np.longdouble) - exact) / spacing
+
+
+def exact_lse(logits, axis=-1):
+    """logsumexp by max shift in long double, keepdims."""
+    x = np.asarray(logits, dtype=np.longdouble)
+    m = x.max(axis=axis, keepdims=True)
+    return m + np.log(np.exp(x - m).sum(axis=axis, keepdims=True))
+
+
+def test_ulp_error_measures_in_units_of_the_last_place():
+    assert ulp_error(np.float32(1.0), 1.0) == 0
+    assert ulp_error(np.nextafter(np.float32(1.0), np.float32(2.0)), 1.0) == 1
+    assert ulp_error(np.float64(3.0) + 3 * np.spacing(3.0), 3.0) == 3
+    assert ulp_error(np.float32(4.248354e-18), np.longdouble("4.248354255291589e-18")) > 0
 
 
 def _cases(n_classes, rng):
@@ -42,24 +58,23 @@ def _cases(n_classes, rng):
     yield np.zeros((4, n_classes)), np.arange(4) % n_classes  # constant rows: log C
 
 
-@pytest.mark.parametrize("n_classes", [2, 3, 10, 31, 33, 1000])
+@pytest.mark.parametrize("n_classes", [2, 3, 10, 31, 33, 100, 1000])
 def test_row_losses_within_ulp_limit(backend, dtype, n_classes):
     rng = np.random.default_rng(n_classes)
     for x64, labels in _cases(n_classes, rng):
         x = x64.astype(dtype)
         losses = fastxent.cross_entropy(x, labels, reduction="none")
-        errors = ulp_error(losses, exact_row_losses(x, labels), dtype)
+        errors = ulp_error(losses, exact_row_losses(x, labels))
         assert errors.max() <= ULP_LIMIT[dtype], f"max {errors.max():.2f} ulp"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("n_classes", [32000])
 def test_float32_row_losses_within_2_ulp_for_many_classes(backend, n_classes):
     rng = np.random.default_rng(0)
     for x64, labels in _cases(n_classes, rng):
         x = x64.astype(np.float32)
         errors = ulp_error(fastxent.cross_entropy(x, labels, reduction="none"),
-                           exact_row_losses(x, labels), np.float32)
+                           exact_row_losses(x, labels))
         assert errors.max() <= 2.0
 
 
@@ -70,8 +85,8 @@ def test_tf_functions_have_the_same_accuracy(backend, dtype):
     exact = exact_row_losses(x, labels)
     sparse = fastxent.sparse_softmax_cross_entropy_with_logits(labels, x)
     dense = fastxent.softmax_cross_entropy_with_logits(np.eye(17, dtype=dtype)[labels], x)
-    assert ulp_error(sparse, exact, dtype).max() <= ULP_LIMIT[dtype]
-    assert ulp_error(dense, exact, dtype).max() <= ULP_LIMIT[dtype]
+    assert ulp_error(sparse, exact).max() <= ULP_LIMIT[dtype]
+    assert ulp_error(dense, exact).max() <= ULP_LIMIT[dtype]
 
 
 def test_mean_is_the_exact_mean_of_the_row_losses(backend, dtype):
@@ -79,7 +94,7 @@ def test_mean_is_the_exact_mean_of_the_row_losses(backend, dtype):
     x = rng.standard_normal((4099, 7)).astype(dtype)
     labels = rng.integers(0, 7, 4099)
     exact_mean = exact_row_losses(x, labels).mean()
-    assert ulp_error(fastxent.cross_entropy(x, labels), exact_mean, dtype) <= ULP_LIMIT[dtype]
+    assert ulp_error(fastxent.cross_entropy(x, labels), exact_mean) <= ULP_LIMIT[dtype]
 
 
 @pytest.mark.parametrize("n_classes", [5, 300])
@@ -94,9 +109,98 @@ def test_normalisers_within_a_few_ulp(backend, dtype, n_classes):
     # softmax rounds exp, the sum and the scaling: a few ulps (measured: 1.5 in float32, 4.2 in
     # float64 over many seeds)
     limit = 2.0 if dtype == np.float32 else 6.0
-    assert ulp_error(fastxent.softmax(x), np.exp(wide - m - log_s), dtype).max() <= limit
-    assert ulp_error(fastxent.log_softmax(x), (wide - m) - log_s, dtype).max() <= limit
+    assert ulp_error(fastxent.softmax(x), np.exp(wide - m - log_s)).max() <= limit
+    assert ulp_error(fastxent.log_softmax(x), (wide - m) - log_s).max() <= limit
     lse = (m + log_s)[:, 0]
     # m + log s cancels where logsumexp is near 0: there the bound is an ulp of max |x|
     error = np.abs(fastxent.logsumexp(x).astype(np.longdouble) - lse)
     assert (error <= 4 * np.spacing(np.maximum(np.abs(lse), np.abs(m[:, 0])).astype(dtype))).all()
+
+
+TINY = np.log1p(np.exp(np.longdouble(-40)))  # exact loss of [40, 0] with label 0
+
+
+@pytest.mark.parametrize("call", [
+    lambda x: fastxent.cross_entropy(x, 0),
+    lambda x: fastxent.cross_entropy(x[None], [0], reduction="sum"),
+    lambda x: fastxent.cross_entropy(x[None], [0], reduction="none")[0],
+    lambda x: fastxent.cross_entropy_with_grad(x[None], [0])[0],
+    lambda x: fastxent.CrossEntropyLoss()(x[None], [0]),
+    lambda x: fastxent.sparse_softmax_cross_entropy_with_logits([0], x[None])[0],
+    lambda x: fastxent.sparse_softmax_cross_entropy_with_logits_and_grad([0], x[None])[0][0],
+    lambda x: fastxent.softmax_cross_entropy_with_logits(np.array([[1, 0]], x.dtype), x[None])[0],
+    lambda x: fastxent.softmax_cross_entropy_with_logits_and_grad(np.array([[1, 0]], x.dtype), x[None])[0][0],
+    lambda x: fastxent.cross_entropy(x[None], np.array([[1, 0]], x.dtype), reduction="sum"),
+], ids=["1-d", "sum", "none", "with_grad", "CrossEntropyLoss", "tf sparse", "tf sparse fused",
+        "tf dense", "tf dense fused", "probability target"])
+def test_tiny_loss_of_a_dominant_label_is_within_2_ulp_in_every_function(backend, dtype, call):
+    # [40, 0], label 0: 4.248354255291589e-18, which PyTorch float32 and TensorFlow round to 0
+    loss = call(np.array([40.0, 0.0], dtype=dtype))
+    assert np.asarray(loss).dtype == dtype
+    assert ulp_error(loss, TINY) <= 2
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 10, 1000, 32000])
+def test_tiny_losses_keep_their_precision_for_any_number_of_classes(backend, dtype, n_classes):
+    rng = np.random.default_rng(n_classes + 1)
+    rows = 8
+    x = rng.uniform(-1, 1, (rows, n_classes))
+    labels = rng.integers(0, n_classes, rows)
+    x[np.arange(rows), labels] = 30 + np.arange(rows) * 3.0  # losses from ~1e-13 down to ~1e-20 * C
+    x = x.astype(dtype)
+    exact = exact_row_losses(x, labels)
+    assert (exact > 0).all()
+    limit = 2.0 if dtype == np.float32 or n_classes <= 1000 else 8.0
+    assert ulp_error(fastxent.cross_entropy(x, labels, reduction="none"), exact).max() <= limit
+
+
+@pytest.mark.parametrize("n_classes", [2, 10, 100, 1000])
+def test_dense_label_losses_within_ulp_limit(backend, dtype, n_classes):
+    rng = np.random.default_rng(n_classes + 2)
+    rows = max(16, 5000 // n_classes)
+    for scale in (1.0, 8.0, 30.0):
+        x = (rng.standard_normal((rows, n_classes)) * scale).astype(dtype)
+        t = rng.random((rows, n_classes))
+        t = (t / t.sum(axis=1, keepdims=True)).astype(dtype)
+        wide = x.astype(np.longdouble)
+        exact = (t.astype(np.longdouble) * (exact_lse(wide) - wide)).sum(axis=1)
+        assert ulp_error(fastxent.softmax_cross_entropy_with_logits(t, x), exact).max() <= ULP_LIMIT[dtype]
+
+
+@pytest.mark.parametrize("n_classes", [3, 100, 1000])
+def test_label_smoothed_losses_within_ulp_limit(backend, dtype, n_classes):
+    rng = np.random.default_rng(n_classes + 3)
+    rows = max(16, 5000 // n_classes)
+    eps = 0.1
+    x = (rng.standard_normal((rows, n_classes)) * 8).astype(dtype)
+    labels = rng.integers(0, n_classes, rows)
+    wide = x.astype(np.longdouble)
+    nll = exact_lse(wide) - wide
+    exact = (1 - np.longdouble(eps)) * nll[np.arange(rows), labels] + np.longdouble(eps) / n_classes * nll.sum(axis=1)
+    got = fastxent.cross_entropy(x, labels, reduction="none", label_smoothing=eps)
+    assert ulp_error(got, exact).max() <= ULP_LIMIT[dtype]
+
+
+def exact_sparse_gradient(logits, labels):
+    """p - onehot in long double, the label's entry as -(sum of the other classes' mass) / s so
+    that it does not cancel when p is close to 1."""
+    x = np.asarray(logits, dtype=np.longdouble)
+    onehot = np.eye(x.shape[1], dtype=bool)[labels]
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    s = e.sum(axis=1, keepdims=True)
+    rest = np.where(onehot, 0, e).sum(axis=1, keepdims=True)
+    return np.where(onehot, -rest / s, e / s)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 10, 100, 1000])
+def test_gradient_entries_within_a_few_ulp(backend, dtype, n_classes):
+    # not a documented target; measured 1.5 ulp (float32) and 4 ulp (float64): a regression guard
+    rng = np.random.default_rng(n_classes + 4)
+    rows = max(16, 5000 // n_classes)
+    for scale in (1.0, 8.0, 30.0):
+        x = (rng.standard_normal((rows, n_classes)) * scale).astype(dtype)
+        labels = rng.integers(0, n_classes, rows)
+        exact = exact_sparse_gradient(x, labels)
+        _, grad = fastxent.cross_entropy_with_grad(x, labels, reduction="sum")
+        normal = np.abs(exact) > np.finfo(dtype).tiny * 2**10  # leave out the subnormal range
+        assert ulp_error(grad[normal], exact[normal]).max() <= (2.0 if dtype == np.float32 else 6.0)

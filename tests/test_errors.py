@@ -8,7 +8,15 @@ import pytest
 
 import fastxent
 
-X = np.array([[1.0, 2.0, 3.0], [2.0, 1.0, 3.0]])
+X64 = np.array([[1.0, 2.0, 3.0], [2.0, 1.0, 3.0]])
+X = X64  # replaced by X64 in the dtype of each test
+
+
+@pytest.fixture(autouse=True)
+def logits_in_the_test_dtype(backend, dtype, monkeypatch):
+    """Every test here runs on both backends and both dtypes: ``X`` (which the calls below read
+    when they run) is the test's dtype, since argument checks may take dtype-specific fast paths."""
+    monkeypatch.setitem(globals(), "X", X64.astype(dtype))
 
 
 def _sparse_calls(x, labels, **kwargs):
@@ -60,17 +68,30 @@ def test_the_first_bad_label_is_reported_with_its_position(backend):
         fastxent.cross_entropy(np.zeros((4, 3, 5)), y)
 
 
-@pytest.mark.parametrize("call", [
-    lambda: fastxent.cross_entropy(X, [0, 1, 2]),
-    lambda: fastxent.cross_entropy(X, np.zeros((2, 4))),
-    lambda: fastxent.cross_entropy(np.zeros((2, 3, 4)), np.zeros((2, 3), dtype=int)),
-    lambda: fastxent.sparse_softmax_cross_entropy_with_logits([0], X),
-    lambda: fastxent.softmax_cross_entropy_with_logits(np.zeros((2, 4)), X),
-], ids=["index too long", "probabilities wrong shape", "k-dim wrong shape", "tf sparse", "tf dense"])
-def test_label_shape_mismatch_raises_value_error_naming_both_shapes(backend, call):
-    with pytest.raises(ValueError, match=r"shape \(.*\).*shape \(.*\)") as info:
-        call()
-    assert "(2, 3" in str(info.value) or "(2, 3)" in str(info.value)
+SHAPE_MISMATCHES = [
+    ("cross_entropy index", lambda x, t: fastxent.cross_entropy(x, t), (2, 3), (3,)),
+    ("cross_entropy probabilities", lambda x, t: fastxent.cross_entropy(x, t), (2, 3), (2, 4)),
+    ("with_grad k-dim", lambda x, t: fastxent.cross_entropy_with_grad(x, t), (2, 3, 4), (2, 3)),
+    ("with_grad k-dim probabilities", lambda x, t: fastxent.cross_entropy_with_grad(x, t), (2, 3, 4), (2, 4, 3)),
+    ("1-d", lambda x, t: fastxent.cross_entropy(x, t), (5,), (2,)),
+    ("CrossEntropyLoss", lambda x, t: fastxent.CrossEntropyLoss()(x, t), (4, 3), (5,)),
+    ("tf sparse", lambda x, t: fastxent.sparse_softmax_cross_entropy_with_logits(t, x), (2, 3), (1,)),
+    ("tf sparse fused", lambda x, t: fastxent.sparse_softmax_cross_entropy_with_logits_and_grad(t, x), (2, 3, 5), (3, 2)),
+    ("tf dense", lambda x, t: fastxent.softmax_cross_entropy_with_logits(t, x), (2, 3), (2, 4)),
+    ("tf dense fused", lambda x, t: fastxent.softmax_cross_entropy_with_logits_and_grad(t, x), (2, 3), (3, 2)),
+]
+
+
+@pytest.mark.parametrize("call, logits_shape, labels_shape", [case[1:] for case in SHAPE_MISMATCHES],
+                         ids=[case[0] for case in SHAPE_MISMATCHES])
+def test_label_shape_mismatch_raises_value_error_naming_both_shapes(backend, dtype, call, logits_shape, labels_shape):
+    x = np.zeros(logits_shape, dtype=dtype)
+    probabilities = len(labels_shape) == len(logits_shape)
+    t = np.full(labels_shape, 0.25, dtype=dtype) if probabilities else np.zeros(labels_shape, dtype=np.int64)
+    with pytest.raises(ValueError) as info:
+        call(x, t)
+    message = str(info.value)
+    assert str(logits_shape) in message and str(labels_shape) in message, message
 
 
 @pytest.mark.parametrize("weight, message", [
@@ -78,7 +99,12 @@ def test_label_shape_mismatch_raises_value_error_naming_both_shapes(backend, cal
     ([1.0, -1.0, 1.0], "non-negative"), ([1.0, np.nan, 1.0], "finite"), ([1.0, np.inf, 1.0], "finite"),
 ])
 def test_bad_weight_raises_value_error(backend, weight, message):
-    for call in _sparse_calls(X, [0, 1], weight=weight)[:2]:
+    probabilities = np.full_like(X, 1 / 3)
+    calls = _sparse_calls(X, [0, 1], weight=weight) + [
+        lambda: fastxent.cross_entropy_with_grad(X, probabilities, weight=weight),
+        lambda: fastxent.CrossEntropyLoss(weight=weight).with_grad(X, [0, 1]),
+    ]
+    for call in calls:
         with pytest.raises(ValueError, match=message):
             call()
 
@@ -168,3 +194,95 @@ def test_errors_leave_out_untouched(backend):
     with pytest.raises(IndexError):
         fastxent.cross_entropy_with_grad(X, [0, 7], out=out)
     assert (out == 5.0).all()
+
+
+PUBLIC_CALLS = {
+    "softmax": lambda **kw: fastxent.softmax(X, **kw),
+    "log_softmax": lambda **kw: fastxent.log_softmax(X, **kw),
+    "logsumexp": lambda **kw: fastxent.logsumexp(X, **kw),
+    "tf dense": lambda **kw: fastxent.softmax_cross_entropy_with_logits(np.full_like(X, 1 / 3), X, **kw),
+    "tf dense fused": lambda **kw: fastxent.softmax_cross_entropy_with_logits_and_grad(np.full_like(X, 1 / 3), X, **kw),
+    "tf sparse": lambda **kw: fastxent.sparse_softmax_cross_entropy_with_logits([0, 1], X, **kw),
+    "tf sparse fused": lambda **kw: fastxent.sparse_softmax_cross_entropy_with_logits_and_grad([0, 1], X, **kw),
+    "cross_entropy": lambda **kw: fastxent.cross_entropy(X, [0, 1], **kw),
+    "cross_entropy_with_grad": lambda **kw: fastxent.cross_entropy_with_grad(X, [0, 1], **kw),
+}
+
+
+@pytest.mark.parametrize("name", list(PUBLIC_CALLS))
+@pytest.mark.parametrize("n_threads", [0, -1])
+def test_n_threads_below_one_raises_value_error_in_every_function(backend, name, n_threads):
+    with pytest.raises(ValueError, match="n_threads"):
+        PUBLIC_CALLS[name](n_threads=n_threads)
+
+
+@pytest.mark.parametrize("name", list(PUBLIC_CALLS))
+def test_n_threads_one_and_two_are_accepted_by_every_function(backend, name):
+    a, b = PUBLIC_CALLS[name](n_threads=1), PUBLIC_CALLS[name](n_threads=2)
+    for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_non_numeric_labels_targets_and_weights_raise_type_error(backend):
+    complex_labels = np.full(X.shape, 1 / 3 + 0j)
+    with pytest.raises(TypeError):
+        fastxent.softmax_cross_entropy_with_logits(complex_labels, X)
+    with pytest.raises(TypeError):
+        fastxent.cross_entropy(X, complex_labels)
+    with pytest.raises(TypeError):
+        fastxent.cross_entropy(X, np.array(["0", "1"]))
+    with pytest.raises(TypeError):
+        fastxent.sparse_softmax_cross_entropy_with_logits(np.array([0, 1], dtype=object), X)
+    with pytest.raises(TypeError, match="weight"):
+        fastxent.cross_entropy(X, [0, 1], weight=np.ones(3, dtype=complex))
+
+
+def test_the_default_ignore_index_is_an_error_when_another_is_chosen(backend):
+    with pytest.raises(IndexError, match=r"-100\b.*3 classes"):
+        fastxent.cross_entropy(X, [-100, 0], ignore_index=2)
+    with pytest.raises(IndexError, match=r"-100\b.*3 classes"):
+        fastxent.CrossEntropyLoss(ignore_index=2).with_grad(X, [-100, 0])
+
+
+def test_ignore_index_is_not_special_to_the_tensorflow_functions(backend):
+    with pytest.raises(IndexError, match=r"-100\b.*3 classes"):
+        fastxent.sparse_softmax_cross_entropy_with_logits([-100, 0], X)
+
+
+def test_out_of_range_scalar_target_of_one_dimensional_input_raises(backend, dtype):
+    with pytest.raises(IndexError, match=r"\b3\b.*3 classes"):
+        fastxent.cross_entropy(np.zeros(3, dtype=dtype), 3)
+    with pytest.raises(IndexError, match=r"\b7\b.*3 classes"):
+        fastxent.cross_entropy_with_grad(np.zeros(3, dtype=dtype), np.uint8(7))
+
+
+def test_bad_label_is_found_anywhere_in_a_large_batch(backend):
+    x = np.zeros((10000, 4))
+    y = np.zeros(10000, dtype=np.int32)
+    y[9999] = 4
+    with pytest.raises(IndexError, match=r"\b4\b.*4 classes"):
+        fastxent.cross_entropy(x, y, n_threads=2)
+    y[9999] = 0
+    y[5000] = -3
+    with pytest.raises(IndexError, match=r"-3\b.*4 classes"):
+        fastxent.cross_entropy_with_grad(x, y, n_threads=2)
+
+
+@pytest.mark.parametrize("labels, ignore_index, bad", [
+    (np.array([255, 0], dtype=np.uint8), -1, 255),
+    (np.array([-1, 0], dtype=np.int8), 255, -1),
+    (np.array([2**64 - 1, 0], dtype=np.uint64), -1, 2**64 - 1),
+    (np.array([-128, 0], dtype=np.int8), 128, -128),
+], ids=["uint8 255 vs -1", "int8 -1 vs 255", "uint64 max vs -1", "int8 -128 vs 128"])
+def test_ignore_index_is_compared_by_value_not_by_bit_pattern(labels, ignore_index, bad):
+    with pytest.raises(IndexError, match=rf"{bad}\b.*3 classes"):
+        fastxent.cross_entropy(X, labels, ignore_index=ignore_index)
+    with pytest.raises(IndexError, match=rf"{bad}\b.*3 classes"):
+        fastxent.cross_entropy_with_grad(X, labels, ignore_index=ignore_index)
+
+
+def test_ignore_index_outside_the_label_dtype_never_matches(dtype):
+    labels = np.array([1, 0], dtype=np.int8)
+    expected = fastxent.cross_entropy(X, labels)
+    assert fastxent.cross_entropy(X, labels, ignore_index=2**40) == expected
+    assert fastxent.cross_entropy(X, labels.astype(np.uint8), ignore_index=-2**40) == expected

@@ -29,6 +29,9 @@ VARIANTS = [
     {"weight": [0.3, 1.0, 2.5, 0.7, 1.2], "label_smoothing": 0.3},
     {"ignore_index": 2},
     {"ignore_index": 2, "weight": [0.3, 1.0, 2.5, 0.7, 1.2], "label_smoothing": 0.1},
+    {"ignore_index": 2, "weight": [0.3, 1.0, 2.5, 0.7, 1.2], "label_smoothing": 0.1, "reduction": "sum"},
+    {"weight": [0.3, 1.0, 2.5, 0.0, 1.2], "reduction": "sum"},
+    {"label_smoothing": 1.0},
 ]
 
 
@@ -102,3 +105,87 @@ def test_gradient_of_the_label_class_keeps_precision_when_the_loss_is_tiny(backe
         1 + np.exp(np.longdouble(-40)) + np.exp(np.longdouble(-43)))
     assert grad[0, 0] != 0  # p - 1 computed as -s_rest / s, not rounded to 0
     assert abs(grad[0, 0] - exact) <= 2 * np.spacing(dtype(abs(exact)))
+
+
+NONE_VARIANTS = [
+    {"ignore_index": 3},
+    {"ignore_index": 3, "weight": [0.3, 1.0, 2.5, 0.7, 1.2], "label_smoothing": 0.15},
+]
+
+
+@pytest.mark.parametrize("kwargs", NONE_VARIANTS, ids=["ignore", "ignore,weight,label_smoothing"])
+@pytest.mark.parametrize("shape", [(8, 5), (3, 5, 2, 2)], ids=str)
+def test_none_reduction_gradient_with_ignored_targets(backend, kwargs, shape):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(shape)
+    target = rng.integers(0, 5, shape[:1] + shape[2:])
+    target.flat[::3] = 3
+    grad_output = rng.standard_normal(target.shape)
+    _, grad = fastxent.cross_entropy_with_grad(x, target, reduction="none", grad_output=grad_output, **kwargs)
+    ignored_rows = np.moveaxis(grad, 1, -1)[target == 3]
+    assert ignored_rows.size and (ignored_rows == 0).all()
+    _check(lambda z: float(np.sum(grad_output * fastxent.cross_entropy(z, target, reduction="none", **kwargs))),
+           grad, x)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"weight": [0.3, 1.0, 2.5, 0.7, 1.2], "label_smoothing": 0.2}],
+                         ids=["plain", "weight,label_smoothing"])
+@pytest.mark.parametrize("normalised", [True, False], ids=["normalised", "unnormalised"])
+def test_probability_target_none_gradient_with_array_grad_output(backend, kwargs, normalised):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((4, 5, 3))
+    target = rng.random((4, 5, 3)) * 2.5
+    if normalised:
+        target /= target.sum(axis=1, keepdims=True)
+    grad_output = rng.standard_normal((4, 3))
+    _, grad = fastxent.cross_entropy_with_grad(x, target, reduction="none", grad_output=grad_output, **kwargs)
+    _check(lambda z: float(np.sum(grad_output * fastxent.cross_entropy(z, target, reduction="none", **kwargs))),
+           grad, x)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_unnormalised_probability_targets_get_the_true_weighted_gradient(backend, reduction):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((6, 4))
+    target = rng.random((6, 4)) * 3  # rows sum to anything but 1
+    weight = np.array([0.5, 2.0, 1.0, 0.25])
+    _, grad = fastxent.cross_entropy_with_grad(x, target, weight=weight, reduction=reduction, grad_output=0.6)
+    _check(lambda z: 0.6 * float(fastxent.cross_entropy(z, target, weight=weight, reduction=reduction)), grad, x)
+    # the closed form: (sum_c w_c t_c) p - w t per row, scaled by the reduction
+    p = np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
+    wt = weight * target
+    expected = 0.6 * (wt.sum(axis=1, keepdims=True) * p - wt) / (6 if reduction == "mean" else 1)
+    np.testing.assert_allclose(grad, expected, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_one_dimensional_input_gradient_matches_finite_differences(backend, reduction):
+    x = np.array([0.3, -1.2, 2.0, 0.7])
+    grad_output = 1.9
+    _, grad = fastxent.cross_entropy_with_grad(x, 2, reduction=reduction, grad_output=grad_output,
+                                               label_smoothing=0.1, weight=[1.0, 2.0, 0.5, 1.5])
+    _check(lambda z: grad_output * float(fastxent.cross_entropy(z, 2, reduction=reduction, label_smoothing=0.1,
+                                                                weight=[1.0, 2.0, 0.5, 1.5])), grad, x)
+
+
+def test_crossentropyloss_with_grad_matches_finite_differences(backend):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((5, 4, 3))
+    target = rng.integers(0, 4, (5, 3))
+    target[0] = 0
+    module = fastxent.CrossEntropyLoss(weight=[1.0, 0.5, 2.0, 1.0], ignore_index=0, label_smoothing=0.05)
+    _, grad = module.with_grad(x, target, grad_output=2.5)
+    _check(lambda z: 2.5 * float(module(z, target)), grad, x)
+
+
+def test_mean_gradient_is_the_sum_gradient_divided_by_the_weight_total(backend, dtype):
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((40, 6)).astype(dtype)
+    target = rng.integers(0, 6, 40)
+    target[::5] = -100
+    weight = rng.uniform(0.5, 2, 6)
+    _, mean_grad = fastxent.cross_entropy_with_grad(x, target, weight=weight)
+    _, sum_grad = fastxent.cross_entropy_with_grad(x, target, weight=weight, reduction="sum")
+    total = weight[target[target != -100]].sum()
+    np.testing.assert_allclose(mean_grad, sum_grad / total, rtol=4 * np.finfo(dtype).eps,
+                               atol=4 * np.finfo(dtype).eps / total)
