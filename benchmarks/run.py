@@ -1,31 +1,46 @@
 """fastxent beside its peers, in one process: times, GB/s, ratios, peak extra memory, a plot.
 
-    python benchmarks/run.py --quick                 # under a minute
-    python benchmarks/run.py                         # every case (about 15 minutes here)
-    python benchmarks/run.py --cases 8192x1000 --threads 2 --dtypes float32
+    python benchmarks/run.py --quick                  # a few float32 cases, under a minute
+    python benchmarks/run.py                          # every case, 1 and 2 threads
+    python benchmarks/run.py --cases 8192x1000,dense --threads 2 --dtypes float32
+    python benchmarks/run.py --markdown table.md      # the tables again, for the README
 
-Peers (each skipped with a line saying so when not installed; `pip install .[bench]`):
-NumPy written the way a user would, PyTorch (`F.cross_entropy`, and forward + `backward()`),
-JAX (`jax.jit(jax.value_and_grad(...))` of optax's cross-entropy), scikit-learn
-(`HalfMultinomialLoss.loss_gradient`), and two memory rooflines: copying an array the size of
-the logits with as many threads as the case (the least traffic a fused forward + backward can
-do) and reading it once (`max`, for the forward alone).
+Peers (peers.py; each skipped with a line saying so when not installed, `pip install .[bench]`):
+fastxent (and with a preallocated `out=` gradient), NumPy written the way a user would,
+PyTorch `F.cross_entropy` (forward + `backward()` when fused), JAX `jax.jit` of optax's
+cross-entropy (`jax.value_and_grad` when fused), scikit-learn `HalfMultinomialLoss`, and a
+roofline: the least memory traffic of the task at the bandwidth NumPy reaches (`np.copyto` of
+the logits for fused, a `max` over them for forward-only). Class indices use fastxent's
+`cross_entropy`/`cross_entropy_with_grad` (mean); dense labels its TensorFlow family.
 
-Timing: one warm-up call, then repeats until at least --repeat calls and --min-time seconds;
-the median is reported. Threads: fastxent's `n_threads=`, `torch.set_num_threads`,
-scikit-learn's `n_threads=`, threadpoolctl for NumPy's BLAS (unused here); JAX's thread pool
-cannot be resized inside a process, so it always runs with every core.
+Timing: each peer is set up and called once to warm up (and jit-compile), then timed in
+samples of enough back-to-back calls to last a couple of milliseconds, a block of samples per
+peer after one untimed call; four passes over the peers in alternating order, so that drift or
+a burst of noise on a shared machine hits every peer alike. The table shows the median
+per-call time of the samples. Ratios are time / time of fastxent (> 1: fastxent is faster)
+and time / time of the roofline (>= 1; 1 would be bandwidth-bound). GB/s is the task's least
+traffic (read logits and labels, write the gradient) per second.
 
-Peak extra memory: bytes allocated during one call beyond its inputs and its outputs (the loss
-and the gradient). NumPy-based implementations are measured with tracemalloc (NumPy reports its
-allocations to it); PyTorch with `torch.profiler` (`profile_memory=True`: the peak of the
-running sum of its CPU allocations and frees); JAX's allocations are not visible to either, so
-its column says n/a.
+Threads: fastxent and scikit-learn through their `n_threads=`, PyTorch through
+`torch.set_num_threads`, NumPy and everything else under `threadpoolctl.threadpool_limits`
+(NumPy's element-wise functions are single-threaded regardless). JAX's XLA thread pool is sized
+when JAX starts and cannot be changed inside a process: JAX always runs with every core, and its
+rows say so.
+
+Peak extra memory (memory.py): bytes allocated during one call beyond its inputs and outputs,
+measured, not estimated: tracemalloc for NumPy-based implementations (NumPy reports its
+allocations to it), `torch.profiler(profile_memory=True)` allocation events for PyTorch, "n/a"
+for JAX, whose allocator neither sees.
+
+Outputs in --out (default benchmarks/results/): results.md (tables), results.json (every
+sample), speedup.png (speed-up over PyTorch per case). --quick writes *-quick.*, a run narrowed
+by --cases/--threads/--dtypes writes *-partial.*, so neither overwrites a full run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -33,364 +48,213 @@ import platform
 import statistics
 import sys
 import time
-import tracemalloc
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-import fastxent
+import memory
+from peers import FASTXENT, FASTXENT_OUT, PEERS, QUICK_SHAPES, ROOFLINE, SHAPES, Case, Peer, Skip, \
+    make_data, roofline_bytes
+
+try:
+    import fastxent
+except ImportError as exc:  # the subject of the benchmark: nothing to do without it
+    sys.exit(f"fastxent is not importable ({exc}); install it first: pip install .[bench]")
 
 HERE = Path(__file__).resolve().parent
-SHAPES = [(64, 10), (4096, 10), (65536, 10), (8192, 1000), (2048, 32000), (256, 128256),
-          (32, 21, 128, 128)]
-QUICK_SHAPES = [(64, 10), (65536, 10), (8192, 1000), (32, 21, 128, 128)]
-
-
-@dataclass(frozen=True)
-class Case:
-    shape: tuple[int, ...]
-    dtype: str
-    labels: str  # "sparse" or "dense"
-    mode: str  # "forward" or "fused"
-    threads: int
-
-    @property
-    def name(self) -> str:
-        return "x".join(map(str, self.shape))
-
-    @property
-    def n_classes(self) -> int:
-        return self.shape[1]
-
-    def bytes_moved(self) -> int:
-        """Least traffic: read the logits (and dense labels), write the gradient when fused."""
-        size = math.prod(self.shape) * np.dtype(self.dtype).itemsize
-        return size * (1 + (self.labels == "dense") + (self.mode == "fused"))
+PEER_COLUMNS = ["NumPy naive", "PyTorch", "JAX", "scikit-learn"]
+PASSES = 4  # over the peers of a case in alternating order: noise hits several peers, not one
 
 
 @dataclass
 class Result:
+    """One implementation on one case; seconds is the median per-call time."""
+
     case: Case
     impl: str
     seconds: float | None = None
+    samples: list[float] = field(default_factory=list)
+    calls_per_sample: int = 0
+    gb_per_s: float | None = None
     extra_bytes: int | None = None
+    vs_fastxent: float | None = None
+    vs_roofline: float | None = None
     note: str = ""
-    ratios: dict = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------
-# Data
+# Cases
 # ------------------------------------------------------------------------------------------
 
-def make_data(case: Case):
-    rng = np.random.default_rng(0)
-    logits = rng.standard_normal(case.shape, dtype=np.float64).astype(case.dtype)
-    if case.labels == "sparse":
-        labels = rng.integers(0, case.n_classes, case.shape[:1] + case.shape[2:])
-    else:
-        labels = rng.random(case.shape).astype(case.dtype)
-        labels /= labels.sum(axis=1, keepdims=True)
-    return logits, labels
-
-
-def classes_last(a: np.ndarray) -> np.ndarray:
-    """(N, C, d...) -> (N * d..., C) for peers that only take classes on the last axis."""
-    if a.ndim == 2:
-        return a
-    return np.moveaxis(a, 1, -1).reshape(-1, a.shape[1])
-
-
-# ------------------------------------------------------------------------------------------
-# Implementations: each returns a zero-argument callable for a case, or raises Skip.
-# ------------------------------------------------------------------------------------------
-
-class Skip(Exception):
-    pass
-
-
-def fastxent_impl(case: Case, logits, labels, use_out: bool):
-    if case.labels == "sparse":
-        if case.mode == "forward":
-            return lambda: fastxent.cross_entropy(logits, labels, n_threads=case.threads)
-        out = np.empty_like(logits) if use_out else None
-        return lambda: fastxent.cross_entropy_with_grad(logits, labels, out=out, n_threads=case.threads)
-    if case.mode == "forward":
-        return lambda: fastxent.cross_entropy(logits, labels, n_threads=case.threads)
-    out = np.empty_like(logits) if use_out else None
-    return lambda: fastxent.cross_entropy_with_grad(logits, labels, out=out, n_threads=case.threads)
-
-
-def numpy_impl(case: Case, logits, labels):
-    """Softmax cross-entropy the way one writes it in NumPy (classes last, mean reduction)."""
-    x = classes_last(logits)
-    y = labels.reshape(-1) if case.labels == "sparse" else classes_last(labels)
-    rows = np.arange(x.shape[0])
-
-    def forward():
-        shifted = x - x.max(axis=1, keepdims=True)
-        log_sums = np.log(np.exp(shifted).sum(axis=1))
-        if case.labels == "sparse":
-            return (log_sums - shifted[rows, y]).mean()
-        return (y * (log_sums[:, None] - shifted)).sum(axis=1).mean()
-
-    def fused():
-        shifted = x - x.max(axis=1, keepdims=True)
-        exps = np.exp(shifted)
-        sums = exps.sum(axis=1, keepdims=True)
-        grad = exps / sums
-        if case.labels == "sparse":
-            loss = (np.log(sums[:, 0]) - shifted[rows, y]).mean()
-            grad[rows, y] -= 1.0
-        else:
-            loss = (y * (np.log(sums) - shifted)).sum(axis=1).mean()
-            grad -= y
-        grad /= x.shape[0]
-        return loss, grad
-
-    return forward if case.mode == "forward" else fused
-
-
-def torch_impl(case: Case, logits, labels):
-    try:
-        import torch
-    except ImportError:
-        raise Skip("PyTorch not installed") from None
-    torch.set_num_threads(case.threads)
-    x = torch.from_numpy(logits)
-    y = torch.from_numpy(labels)
-    if case.mode == "forward":
-        return lambda: torch.nn.functional.cross_entropy(x, y)
-    xg = x.clone().requires_grad_()
-
-    def fused():
-        xg.grad = None
-        loss = torch.nn.functional.cross_entropy(xg, y)
-        loss.backward()
-        return loss, xg.grad
-
-    return fused
-
-
-def jax_impl(case: Case, logits, labels):
-    try:
-        import jax
-        import jax.numpy as jnp
-        import optax
-    except ImportError:
-        raise Skip("JAX or optax not installed") from None
-    if case.dtype == "float64" and not jax.config.jax_enable_x64:
-        jax.config.update("jax_enable_x64", True)
-    x = jnp.asarray(classes_last(logits))
-    if case.labels == "sparse":
-        y = jnp.asarray(labels.reshape(-1))
-        loss_fn = lambda z: optax.softmax_cross_entropy_with_integer_labels(z, y).mean()  # noqa: E731
-    else:
-        y = jnp.asarray(classes_last(labels))
-        loss_fn = lambda z: optax.softmax_cross_entropy(z, y).mean()  # noqa: E731
-    f = jax.jit(loss_fn if case.mode == "forward" else jax.value_and_grad(loss_fn))
-    return lambda: jax.block_until_ready(f(x))
-
-
-def sklearn_impl(case: Case, logits, labels):
-    try:
-        from sklearn._loss.loss import HalfMultinomialLoss
-    except ImportError:
-        raise Skip("scikit-learn not installed") from None
-    if case.labels != "sparse":
-        raise Skip("scikit-learn takes class indices only")
-    x = np.ascontiguousarray(classes_last(logits))
-    y = labels.reshape(-1).astype(x.dtype)
-    loss = HalfMultinomialLoss(n_classes=case.n_classes)
-    loss_out = np.empty(x.shape[0], dtype=x.dtype)
-    grad_out = np.empty_like(x)
-    if case.mode == "forward":
-        return lambda: loss.loss(y_true=y, raw_prediction=x, loss_out=loss_out, n_threads=case.threads)
-    return lambda: loss.loss_gradient(y_true=y, raw_prediction=x, loss_out=loss_out,
-                                      gradient_out=grad_out, n_threads=case.threads)
-
-
-def roofline_impl(case: Case, logits, labels):
-    """The least memory traffic: copy the logits (fused) or read them once (forward), split over
-    the case's threads (NumPy releases the GIL in both)."""
-    flat = logits.reshape(logits.shape[0], -1)
-    dest = np.empty_like(flat)
-    chunks = np.array_split(np.arange(flat.shape[0]), case.threads)
-    bounds = [(c[0], c[-1] + 1) for c in chunks if len(c)]
-    # a thread pool only pays off on arrays larger than the caches
-    pool = ThreadPoolExecutor(case.threads) if case.threads > 1 and flat.nbytes > (4 << 20) else None
-    if case.mode == "fused":
-        work = lambda b: np.copyto(dest[b[0]:b[1]], flat[b[0]:b[1]])  # noqa: E731
-    else:
-        work = lambda b: flat[b[0]:b[1]].max()  # noqa: E731
-    if pool is None:
-        return lambda: work((0, flat.shape[0]))
-    return lambda: list(pool.map(work, bounds))
-
-
-IMPLEMENTATIONS: dict[str, Callable] = {
-    "fastxent": lambda c, x, y: fastxent_impl(c, x, y, use_out=False),
-    "fastxent out=": lambda c, x, y: fastxent_impl(c, x, y, use_out=True),
-    "NumPy naive": numpy_impl,
-    "PyTorch": torch_impl,
-    "JAX": jax_impl,
-    "scikit-learn": sklearn_impl,
-    "roofline": roofline_impl,
-}
+def build_cases(shapes: Sequence[tuple[int, ...]], dtypes: Sequence[str], threads: Sequence[int],
+                filters: Sequence[str], quick: bool) -> list[Case]:
+    """Every combination, threads innermost so 1 and 2 threads of a case sit side by side.
+    The K-dim case is a segmentation loss: class indices only. --quick adds dense labels for
+    one shape, to exercise that path too."""
+    cases = []
+    for shape in shapes:
+        for dtype in dtypes:
+            for labels in ("sparse", "dense"):
+                if labels == "dense" and (len(shape) > 2 or (quick and shape != (8192, 1000))):
+                    continue
+                for mode in ("forward", "fused"):
+                    for n in threads:
+                        case = Case(shape, dtype, labels, mode, n)
+                        if not filters or any(f in case.key for f in filters):
+                            cases.append(case)
+    return cases
 
 
 # ------------------------------------------------------------------------------------------
 # Measuring
 # ------------------------------------------------------------------------------------------
 
-def median_seconds(fn, repeat: int, min_time: float) -> float:
-    fn()  # warm-up (and JIT compilation)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < repeat or (time.perf_counter() - start < min_time and len(times) < 50):
-        t0 = time.perf_counter()
+class Progress:
+    """A one-line progress bar on stderr, with the elapsed time and an estimate of the rest."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.start = max(total, 1), time.perf_counter()
+
+    def show(self, done: float, label: str) -> None:
+        fraction = min(done / self.total, 1.0)
+        elapsed = time.perf_counter() - self.start
+        left = f"{elapsed / fraction - elapsed:4.0f}s left" if fraction > 0.02 else "         "
+        bar = "#" * int(30 * fraction)
+        sys.stderr.write(f"\r[{bar:<30}] {fraction:4.0%} {elapsed:4.0f}s, {left}  {label[:58]:<58}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def thread_limit(n: int) -> Iterator[None]:
+    """Cap BLAS and OpenMP pools (NumPy, and anything not given an explicit count) at n."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=n):
+        yield
+
+
+def calls_per_sample(fn: Callable[[], object], target: float) -> int:
+    """Enough calls for one sample to last `target` seconds: timer noise stays small for
+    microsecond calls, and a slow call is timed alone."""
+    t0 = time.perf_counter()
+    fn()
+    once = time.perf_counter() - t0
+    return max(1, min(10_000, math.ceil(target / max(once, 1e-7))))
+
+
+def sample(fn: Callable[[], object], number: int) -> float:
+    """Per-call seconds of `number` back-to-back calls."""
+    t0 = time.perf_counter()
+    for _ in range(number):
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return (time.perf_counter() - t0) / number
 
 
-def _output_bytes(result) -> int:
-    items = result if isinstance(result, (tuple, list)) else (result,)
-    total = 0
-    for item in items:
-        nbytes = getattr(item, "nbytes", None)
-        if nbytes is None and hasattr(item, "element_size"):
-            nbytes = item.element_size() * item.nelement()
-        total += int(nbytes or 0)
-    return total
+def measure_case(case: Case, peers: list[Peer], args: argparse.Namespace, progress: Progress,
+                 done: int) -> list[Result]:
+    """Set up, warm up and measure the memory of every peer, then time them in turns."""
+    logits, labels = make_data(case)
+    results: dict[str, Result] = {}
+    runnable: dict[str, tuple[Callable[[], object], int]] = {}
+    for peer in peers:
+        result = results[peer.name] = Result(case, peer.name)
+        progress.show(done, f"{case.key}: set up {peer.name}")
+        try:
+            fn = peer.callable_for(case, logits, labels)
+            fn()  # warm-up, jit compilation, lazy initialisation
+            result.extra_bytes = memory.peak_extra_bytes(peer.memory, fn)
+            runnable[peer.name] = (fn, calls_per_sample(fn, args.sample_time))
+            result.calls_per_sample = runnable[peer.name][1]
+        except Skip as reason:
+            result.note = f"skipped: {reason}"
+        except Exception as exc:  # a failing peer is reported, never the end of the run
+            result.note = f"failed: {type(exc).__name__}: {exc}"[:160]
+        if peer.name == "JAX" and not result.note:
+            result.note = "threads: all cores"
+
+    # Each peer is timed in a block of back-to-back samples, the steady state of calling it in a
+    # loop, as timeit would; the block opens with an untimed call that pays what the previous
+    # library left behind (its freed memory handed back to the OS, its threads still spinning).
+    # Several short passes in alternating order, so that drift or a burst of noise on a shared
+    # machine hits every peer alike instead of one peer's whole block.
+    per_pass = math.ceil(args.repeat / PASSES)
+    names = list(runnable)
+    for n_pass in range(PASSES):
+        for name in names if n_pass % 2 == 0 else names[::-1]:
+            fn, number = runnable[name]
+            samples = results[name].samples
+            fn()
+            taken = 0
+            least = args.min_time * (n_pass + 1) / PASSES  # seconds timed by the end of this pass
+            while taken < per_pass or (taken < 3 * per_pass and sum(samples) * number < least):
+                samples.append(sample(fn, number))
+                taken += 1
+            progress.show(done + (n_pass + (names.index(name) + 1) / len(names)) / PASSES,
+                          f"{case.key}: {name}")
+
+    for result in results.values():
+        if result.samples:
+            result.seconds = statistics.median(result.samples)
+            traffic = roofline_bytes(case) if result.impl == ROOFLINE else case.bytes_moved()
+            result.gb_per_s = traffic / result.seconds / 1e9
+    ours, roof = results.get(FASTXENT), results.get(ROOFLINE)
+    for result in results.values():
+        if result.seconds and ours and ours.seconds:
+            result.vs_fastxent = result.seconds / ours.seconds
+        if result.seconds and roof and roof.seconds:
+            result.vs_roofline = result.seconds / roof.seconds
+    return list(results.values())
 
 
-def peak_extra_bytes(impl: str, fn) -> int | None:
-    """Bytes allocated during one call beyond its outputs (see the module docstring)."""
-    if impl == "JAX":
-        return None
-    if impl == "PyTorch":
-        import torch
-        from torch.profiler import ProfilerActivity, profile
-
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            result = fn()
-        events = sorted((e for e in prof.events() if e.cpu_memory_usage),
-                        key=lambda e: e.time_range.start)
-        running = peak = 0
-        for event in events:
-            running += event.cpu_memory_usage
-            peak = max(peak, running)
-        outputs = _output_bytes(result)
-        if isinstance(result, torch.Tensor) and result.ndim == 0:
-            outputs = 0  # the loss of forward-only: a scalar
-        return max(0, peak - outputs)
-    tracemalloc.start()
-    tracemalloc.reset_peak()
-    result = fn()
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    outputs = 0 if impl.endswith("out=") else _output_bytes(result)
-    return max(0, peak - outputs)
-
-
-# ------------------------------------------------------------------------------------------
-# Running and reporting
-# ------------------------------------------------------------------------------------------
-
-def build_cases(args) -> list[Case]:
-    shapes = QUICK_SHAPES if args.quick else SHAPES
-    cases = []
-    for shape in shapes:
-        for dtype in args.dtypes:
-            for labels in ("sparse",) if args.quick else ("sparse", "dense"):
-                if labels == "dense" and len(shape) > 2:
-                    continue  # the K-dim case is a segmentation loss: class indices
-                for mode in ("fused", "forward"):
-                    for threads in args.threads:
-                        case = Case(shape, dtype, labels, mode, threads)
-                        if args.cases and not any(s in f"{case.name} {dtype} {labels} {mode}" for s in args.cases):
-                            continue
-                        cases.append(case)
-    return cases
-
-
-def progress(done: int, total: int, label: str) -> None:
-    width = 30
-    filled = int(width * done / max(total, 1))
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label[:60]:<60}")
-    sys.stderr.flush()
-
-
-def run(args) -> list[Result]:
-    cases = build_cases(args)
+def run(args: argparse.Namespace) -> list[Result]:
+    peers = []
+    for peer in PEERS:
+        missing = peer.missing()
+        if missing:
+            print(f"skipped {peer.name}: {', '.join(missing)} not installed (pip install .[bench])")
+        else:
+            peers.append(peer)
+    cases = build_cases(QUICK_SHAPES if args.quick else SHAPES, args.dtypes, args.threads,
+                        args.cases, args.quick)
+    if not cases:
+        sys.exit("no case matches --cases " + ",".join(args.cases))
+    progress = Progress(len(cases))
     results: list[Result] = []
-    skipped: dict[str, str] = {}
-    total = len(cases) * len(IMPLEMENTATIONS)
-    done = 0
-    for case in cases:
-        logits, labels = make_data(case)
-        for impl, factory in IMPLEMENTATIONS.items():
-            done += 1
-            progress(done, total, f"{case.name} {case.dtype} {case.labels} {case.mode} t={case.threads} {impl}")
-            result = Result(case, impl)
-            try:
-                fn = factory(case, logits, labels)
-                result.seconds = median_seconds(fn, args.repeat, args.min_time)
-                if impl != "roofline":
-                    result.extra_bytes = peak_extra_bytes(impl, fn)
-            except Skip as reason:
-                skipped.setdefault(impl, str(reason))
-                result.note = str(reason)
-            except Exception as exc:  # a peer failing must not end the run
-                result.note = f"failed: {type(exc).__name__}: {exc}"[:120]
-            results.append(result)
-        del logits, labels
-    sys.stderr.write("\n")
-    for impl, reason in skipped.items():
-        print(f"skipped {impl}: {reason}")
+    for i, case in enumerate(cases):
+        with thread_limit(case.threads):
+            results += measure_case(case, peers, args, progress, i)
+    progress.show(len(cases), "done")
+    progress.close()
     for r in results:
-        ours = _find(results, r.case, "fastxent")
-        roof = _find(results, r.case, "roofline")
-        if r.seconds and ours and ours.seconds:
-            r.ratios["vs fastxent"] = r.seconds / ours.seconds
-        if r.seconds and roof and roof.seconds:
-            r.ratios["vs roofline"] = r.seconds / roof.seconds
+        if r.note.startswith("failed"):
+            print(f"{r.case.key} {r.impl}: {r.note}")
     return results
 
 
+# ------------------------------------------------------------------------------------------
+# Reporting
+# ------------------------------------------------------------------------------------------
+
 def _find(results: list[Result], case: Case, impl: str) -> Result | None:
-    for r in results:
-        if r.case == case and r.impl == impl:
-            return r
-    return None
+    return next((r for r in results if r.case == case and r.impl == impl), None)
 
 
-def table(results: list[Result]) -> str:
-    lines = ["| case | dtype | labels | mode | threads | implementation | time (ms) | GB/s "
-             "| time / fastxent | time / roofline | peak extra memory |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        c = r.case
-        if r.seconds is None:
-            if r.note and not r.note.startswith(("PyTorch not", "JAX or", "scikit-learn not")):
-                lines.append(f"| {c.name} | {c.dtype} | {c.labels} | {c.mode} | {c.threads} | {r.impl} "
-                             f"| {r.note} | | | | |")
-            continue
-        gbs = c.bytes_moved() / r.seconds / 1e9
-        mem = "n/a" if r.extra_bytes is None else _bytes(r.extra_bytes)
-        if r.impl == "roofline":
-            mem = ""
-        vs_fx = f"{r.ratios['vs fastxent']:.2f}" if "vs fastxent" in r.ratios else ""
-        vs_roof = f"{r.ratios['vs roofline']:.2f}" if "vs roofline" in r.ratios else ""
-        lines.append(f"| {c.name} | {c.dtype} | {c.labels} | {c.mode} | {c.threads} | {r.impl} "
-                     f"| {r.seconds * 1e3:.3f} | {gbs:.1f} | {vs_fx} | {vs_roof} | {mem} |")
-    return "\n".join(lines)
+def _cases(results: list[Result]) -> list[Case]:
+    return list(dict.fromkeys(r.case for r in results))
 
 
-def _bytes(n: int) -> str:
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "n/a"
     if n < 1024:
         return f"{n} B"
     if n < 1024 ** 2:
@@ -398,66 +262,144 @@ def _bytes(n: int) -> str:
     return f"{n / 1024 ** 2:.1f} MiB"
 
 
-def summary(results: list[Result]) -> str:
-    """One line per case: fastxent's time and its speed-up over each peer."""
-    lines = ["| case | dtype | labels | mode | threads | fastxent (ms) | / roofline | "
-             "NumPy | PyTorch | JAX | scikit-learn |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for case in dict.fromkeys(r.case for r in results):
-        ours = _find(results, case, "fastxent out=") if case.mode == "fused" else _find(results, case, "fastxent")
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    return f"{seconds * 1e3:.4f}" if seconds < 1e-4 else f"{seconds * 1e3:.3f}"
+
+
+def _case_cells(c: Case) -> str:
+    return f"| {c.name} | {c.dtype} | {c.labels} | {c.mode} | {c.threads} "
+
+
+def summary_table(results: list[Result]) -> str:
+    """One line per case: fastxent's time, its distance to the roofline, its speed-ups."""
+    lines = ["| case | dtype | labels | mode | threads | fastxent (ms) | out= (ms) | roofline (ms) "
+             "| fastxent / roofline | " + " | ".join(f"{p} / fastxent" for p in PEER_COLUMNS) + " |",
+             "|---|---|---|---|---|---:|---:|---:|---:|" + "---:|" * len(PEER_COLUMNS)]
+    for case in _cases(results):
+        ours, out, roof = (_find(results, case, n) for n in (FASTXENT, FASTXENT_OUT, ROOFLINE))
         if not ours or not ours.seconds:
             continue
-        roof = _find(results, case, "roofline")
         cells = []
-        for peer in ("NumPy naive", "PyTorch", "JAX", "scikit-learn"):
+        for peer in PEER_COLUMNS:
             r = _find(results, case, peer)
-            cells.append(f"{r.seconds / ours.seconds:.1f}x" if r and r.seconds else "—")
-        roof_ratio = f"{ours.seconds / roof.seconds:.2f}" if roof and roof.seconds else "—"
-        lines.append(f"| {case.name} | {case.dtype} | {case.labels} | {case.mode} | {case.threads} "
-                     f"| {ours.seconds * 1e3:.3f} | {roof_ratio} | " + " | ".join(cells) + " |")
+            cells.append(f"{r.vs_fastxent:.2f}" if r and r.vs_fastxent else "—")
+        lines.append(_case_cells(case) + f"| {_ms(ours.seconds)} | {_ms(out.seconds if out else None)} "
+                     f"| {_ms(roof.seconds if roof else None)} "
+                     f"| {ours.vs_roofline:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def memory_table(results: list[Result]) -> str:
+    """Peak extra memory per implementation, one line per case (threads 1 and 2 alike: the
+    largest thread count run is shown)."""
+    impls = [FASTXENT, FASTXENT_OUT, *PEER_COLUMNS]
+    lines = ["| case | dtype | labels | mode | logits | " + " | ".join(impls) + " |",
+             "|---|---|---|---|---:|" + "---:|" * len(impls)]
+    seen: dict[tuple, Case] = {}
+    for case in _cases(results):
+        key = (case.shape, case.dtype, case.labels, case.mode)
+        if key not in seen or case.threads > seen[key].threads:
+            seen[key] = case
+    for case in seen.values():
+        cells = []
+        for impl in impls:
+            r = _find(results, case, impl)
+            cells.append(_bytes(r.extra_bytes) if r and r.seconds else "—")
+        size = math.prod(case.shape) * np.dtype(case.dtype).itemsize
+        lines.append(f"| {case.name} | {case.dtype} | {case.labels} | {case.mode} | {_bytes(size)} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _spread(samples: list[float]) -> str:
+    """Interquartile range over the median: how far to trust the median on a noisy machine."""
+    if len(samples) < 4:
+        return ""
+    q1, median, q3 = statistics.quantiles(samples, n=4)
+    return f"{(q3 - q1) / median:.0%}"
+
+
+def full_table(results: list[Result]) -> str:
+    lines = ["| case | dtype | labels | mode | threads | implementation | time (ms) | GB/s "
+             "| spread | time / fastxent | time / roofline | peak extra memory | note |",
+             "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in results:
+        if r.seconds is None and r.note.startswith("skipped"):
+            continue  # not applicable (dense labels to scikit-learn, forward with out=)
+        mem = "" if r.impl == ROOFLINE or r.seconds is None else _bytes(r.extra_bytes)
+        lines.append(_case_cells(r.case) + f"| {r.impl} | {_ms(r.seconds)} "
+                     f"| {f'{r.gb_per_s:.1f}' if r.gb_per_s else ''} | {_spread(r.samples)} "
+                     f"| {f'{r.vs_fastxent:.2f}' if r.vs_fastxent else ''} "
+                     f"| {f'{r.vs_roofline:.2f}' if r.vs_roofline else ''} | {mem} | {r.note} |")
     return "\n".join(lines)
 
 
 def plot(results: list[Result], path: Path) -> bool:
+    """Speed-up over PyTorch per case, forward and fused side by side (log scale)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         print("skipped the plot: matplotlib not installed")
         return False
-    labels, speedups = [], []
-    for case in dict.fromkeys(r.case for r in results):
-        ours = _find(results, case, "fastxent out=" if case.mode == "fused" else "fastxent")
-        torch_r = _find(results, case, "PyTorch")
-        if ours and ours.seconds and torch_r and torch_r.seconds:
-            labels.append(f"{case.name} {case.dtype[5:]} {case.labels[0]} {case.mode[:3]} t{case.threads}")
-            speedups.append(torch_r.seconds / ours.seconds)
-    if not speedups:
+    modes = [m for m in ("forward", "fused") if any(r.case.mode == m for r in results)]
+    panels = []
+    for mode in modes:
+        labels, default, with_out = [], [], []
+        for case in (c for c in _cases(results) if c.mode == mode):
+            torch_r = _find(results, case, "PyTorch")
+            ours, out = _find(results, case, FASTXENT), _find(results, case, FASTXENT_OUT)
+            if torch_r and torch_r.seconds and ours and ours.seconds:
+                dtype = case.dtype.replace("float", "f")
+                labels.append(f"{case.name} {dtype} {case.labels} t{case.threads}")
+                default.append(torch_r.seconds / ours.seconds)
+                with_out.append(torch_r.seconds / out.seconds if out and out.seconds else math.nan)
+        if labels:
+            panels.append((mode, labels, default, with_out))
+    if not panels:
         return False
-    fig, ax = plt.subplots(figsize=(10, max(4, 0.22 * len(labels))))
-    ax.barh(range(len(labels)), speedups, color="tab:blue")
-    ax.set_yticks(range(len(labels)), labels, fontsize=7)
-    ax.invert_yaxis()
-    ax.axvline(1.0, color="black", linewidth=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel("speed-up of fastxent over PyTorch (time of PyTorch / time of fastxent)")
-    ax.set_title("fastxent vs torch.nn.functional.cross_entropy (f/b: forward + backward)")
+    height = max(3.0, 0.2 * max(len(p[1]) for p in panels) + 1.2)
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), height), squeeze=False)
+    for ax, (mode, labels, default, with_out) in zip(axes[0], panels):
+        y = np.arange(len(labels))
+        ax.barh(y, default, color="tab:blue")
+        if mode == "fused":
+            ax.plot(with_out, y, "o", color="tab:orange", markersize=3)
+        ax.set_yticks(y, labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_xscale("log")
+        plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
+            lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
+        ax.set_xlabel("time of PyTorch / time of fastxent (> 1: fastxent faster)"
+                      + ("\nbars: fastxent; dots: fastxent with out=" if mode == "fused" else ""))
+        backward = " + backward()" if mode == "fused" else ""
+        ax.set_title(f"{mode}: fastxent vs torch F.cross_entropy{backward}")
+        ax.grid(axis="x", which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
 
 
-def machine() -> dict:
+def machine() -> dict[str, str]:
     info = {"python": platform.python_version(), "numpy": np.__version__,
-            "fastxent": f"{fastxent.__version__} ({fastxent.backend})", "cpus": os.cpu_count()}
+            "fastxent": f"{fastxent.__version__} ({fastxent.backend}, "
+                        f"OpenMP {'on' if getattr(fastxent, 'openmp_enabled', False) else 'off'})",
+            "cpus": str(os.cpu_count())}
     try:
         with open("/proc/cpuinfo") as f:
             info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         info["cpu"] = platform.processor()
-    for module in ("torch", "jax", "sklearn"):
+    for module in ("torch", "jax", "optax", "sklearn"):
         try:
             info[module] = __import__(module).__version__
         except ImportError:
@@ -465,53 +407,85 @@ def machine() -> dict:
     return info
 
 
-def argv_filters(args) -> bool:
-    """Whether --threads or --dtypes narrowed a full run."""
-    return set(args.threads) != {1, 2} or set(args.dtypes) != {"float32", "float64"}
+def document(command: str, info: dict[str, str], results: list[Result]) -> str:
+    """The Markdown written to results.md and --markdown."""
+    return (f"# fastxent benchmarks\n\n`{command}`\n\n"
+            + "\n".join(f"- {k}: {v}" for k, v in info.items())
+            + "\n\nMedian per-call time of back-to-back samples after warm-up (four passes over "
+              "the implementations). `X / fastxent` is "
+              "the time of X over fastxent's (> 1: fastxent is faster); `fastxent / roofline` is "
+              "fastxent's time over that of the least memory traffic of the task (1 would be "
+              "bandwidth-bound). Fused = loss and gradient. JAX always uses every core.\n\n"
+            + "Spread (in the last table) is the interquartile range of the samples over their "
+              "median.\n\n"
+            + f"## Summary\n\n{summary_table(results)}\n\n"
+            + "## Peak extra memory\n\nBytes allocated during one call beyond its inputs and "
+              "outputs (tracemalloc; torch.profiler for PyTorch; n/a: JAX cannot be measured "
+              "in-process).\n\n"
+            + f"{memory_table(results)}\n\n## Every measurement\n\n{full_table(results)}\n")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a few cases, float32, under a minute")
-    parser.add_argument("--cases", nargs="*", help="only cases whose description contains one of these")
-    parser.add_argument("--threads", type=lambda s: [int(t) for t in s.split(",")], default=None)
-    parser.add_argument("--dtypes", type=lambda s: s.split(","), default=None)
-    parser.add_argument("--repeat", type=int, default=None, help="least number of timed calls")
-    parser.add_argument("--min-time", type=float, default=None, help="least seconds of timed calls")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
-    parser.add_argument("--markdown", type=Path, default=None, help="also write the tables here")
+def _int_list(text: str) -> list[int]:
+    return [int(t) for t in text.split(",") if t]
+
+
+def _str_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="a few float32 cases at 2 threads, under a minute")
+    parser.add_argument("--cases", type=_str_list, default=[],
+                        help="comma-separated substrings of 'SHAPE DTYPE LABELS MODE tTHREADS', "
+                             "e.g. '8192x1000,dense' or 'fused t2'")
+    parser.add_argument("--threads", type=_int_list, default=None, help="e.g. 1,2 (default: 2,1; quick: 2)")
+    parser.add_argument("--dtypes", type=_str_list, default=None, help="float32,float64 (quick: float32)")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="least number of timed samples, spread over 4 passes (default 8; quick 4)")
+    parser.add_argument("--min-time", type=float, default=None,
+                        help="least timed seconds per implementation and case "
+                             "(more samples, up to 3x --repeat)")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="directory for the results")
+    parser.add_argument("--markdown", type=Path, default=None,
+                        help="also write the Markdown tables to this file")
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw results to this file")
     args = parser.parse_args(argv)
-    args.threads = args.threads or ([2] if args.quick else [1, 2])
+    args.threads = args.threads or ([2] if args.quick else [2, 1])
     args.dtypes = args.dtypes or (["float32"] if args.quick else ["float32", "float64"])
-    args.repeat = args.repeat or (3 if args.quick else 7)
-    args.min_time = args.min_time if args.min_time is not None else (0.05 if args.quick else 0.3)
+    args.repeat = args.repeat or (4 if args.quick else 8)
+    args.min_time = args.min_time if args.min_time is not None else (0.0 if args.quick else 0.1)
+    args.sample_time = 0.001 if args.quick else 0.002
 
     info = machine()
+    command = "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     results = run(args)
-    summary_md, table_md = summary(results), table(results)
-    print("\nfastxent's time and the speed-up over each peer (peer time / fastxent time; "
-          "fused rows use fastxent with out=):\n")
-    print(summary_md)
-    print("\nevery measurement:\n")
-    print(table_md)
+    md = document(command.strip(), info, results)
+    print("\n" + md)
 
+    narrowed = bool(args.cases) or set(args.threads) != {1, 2} or set(args.dtypes) != {"float32", "float64"}
+    suffix = "-quick" if args.quick else ("-partial" if narrowed else "")
     args.out.mkdir(parents=True, exist_ok=True)
-    # a filtered run never overwrites the results of a whole one
-    suffix = "-quick" if args.quick else ("-partial" if args.cases or argv_filters(args) else "")
-    command = "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    document = (f"# fastxent benchmarks\n\n`{command.strip()}`\n\n"
-                + "\n".join(f"- {k}: {v}" for k, v in info.items())
-                + f"\n\n## Summary\n\n{summary_md}\n\n## Every measurement\n\n{table_md}\n")
-    (args.out / f"results{suffix}.md").write_text(document)
-    (args.out / f"results{suffix}.json").write_text(json.dumps(
-        {"machine": info, "command": command, "results": [
-            {**asdict(r), "case": {**asdict(r.case), "name": r.case.name}} for r in results]}, indent=1))
+    raw = json.dumps({"machine": info, "command": command.strip(),
+                      "options": {k: v for k, v in vars(args).items()
+                                  if k not in ("out", "markdown", "json")},
+                      "results": [{**asdict(r), "case": {**asdict(r.case), "name": r.case.name}}
+                                  for r in results]}, indent=1, default=str)
+    written = [args.out / f"results{suffix}.md", args.out / f"results{suffix}.json"]
+    written[0].write_text(md)
+    written[1].write_text(raw)
     if plot(results, args.out / f"speedup{suffix}.png"):
-        print(f"\nplot: {args.out / f'speedup{suffix}.png'}")
+        written.append(args.out / f"speedup{suffix}.png")
     if args.markdown:
-        args.markdown.write_text(document)
-    print(f"tables: {args.out / f'results{suffix}.md'}, raw: {args.out / f'results{suffix}.json'}")
+        args.markdown.write_text(md)
+        written.append(args.markdown)
+    if args.json:
+        args.json.write_text(raw)
+        written.append(args.json)
+    print("wrote " + ", ".join(map(str, written)))
     return 0
 
 
