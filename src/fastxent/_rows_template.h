@@ -54,33 +54,37 @@ FX_CLONES static double FX_NAME(fx_row_exp_sum)(const FX_T *x, ptrdiff_t n, doub
     double acc[FX_LANES], outer[FX_LANES], count[FX_LANES];
     FX_T pad_x[FX_LANES], pad_e[FX_LANES];
     int prefetch = (size_t)n * sizeof(FX_T) * (e != NULL ? 2 : 1) <= FX_PREFETCH_MAX_ROW;
-    ptrdiff_t i, rest;
+    ptrdiff_t i = 0, rest, n_full = n - n % FX_LANES;
     int j;
-    for (j = 0; j < FX_LANES; j++) { acc[j] = 0.0; outer[j] = 0.0; count[j] = 0.0; }
-    for (i = 0; i + FX_LANES <= n; i += FX_LANES) {
-        /* The loop is compute-bound: meanwhile, fetch what follows the row (the next row, for
-         * contiguous rows) into L2, so that its max pass does not wait on memory. Prefetches
-         * never fault, so reading past the end of the array is harmless. */
-        if (prefetch) {
-            __builtin_prefetch((const char *)(x + n + i), 0, 2);
-            if (e != NULL) __builtin_prefetch((const char *)(e + n + i), 1, 2);
+    for (j = 0; j < FX_LANES; j++) { outer[j] = 0.0; count[j] = 0.0; }
+    /* two-level sums: each lane adds at most FX_SUM_BLOCK terms before they go into the outer
+     * sum, which keeps the rounding error of long rows (C = 32000) small. The inner loop is
+     * its own loop, so that its partial sums stay in registers. */
+    while (i < n_full) {
+        ptrdiff_t block_end = n_full - i > FX_SUM_BLOCK * FX_LANES ? i + FX_SUM_BLOCK * FX_LANES
+                                                                    : n_full;
+        for (j = 0; j < FX_LANES; j++) acc[j] = 0.0;
+        for (; i < block_end; i += FX_LANES) {
+            /* The loop is compute-bound: meanwhile, fetch what follows the row (the next row,
+             * for contiguous rows) into L2, so that its max pass does not wait on memory.
+             * Prefetches never fault, so reading past the end of the array is harmless. */
+            if (prefetch) {
+                __builtin_prefetch((const char *)(x + n + i), 0, 2);
+                if (e != NULL) __builtin_prefetch((const char *)(e + n + i), 1, 2);
+            }
+            FX_NAME(fx_exp_sum_block)(x + i, m, e != NULL ? e + i : NULL, acc, count);
         }
-        FX_NAME(fx_exp_sum_block)(x + i, m, e != NULL ? e + i : NULL, acc, count);
-        /* two-level sums: each lane adds at most FX_SUM_BLOCK terms before they go into the
-         * outer sum, which keeps the rounding error of long rows (C = 32000) small */
-        if ((i / FX_LANES) % FX_SUM_BLOCK == FX_SUM_BLOCK - 1)
-            for (j = 0; j < FX_LANES; j++) { outer[j] += acc[j]; acc[j] = 0.0; }
+        for (j = 0; j < FX_LANES; j++) outer[j] += acc[j];
     }
-    for (j = 0; j < FX_LANES; j++) outer[j] += acc[j];
-    for (j = 0; j < FX_LANES; j++) acc[j] = 0.0;
     rest = n - i;
     if (rest > 0) {
+        for (j = 0; j < FX_LANES; j++) acc[j] = 0.0;
         for (j = 0; j < FX_LANES; j++) pad_x[j] = j < rest ? x[i + j] : -INFINITY;
         FX_NAME(fx_exp_sum_block)(pad_x, m, pad_e, acc, count);
         if (e != NULL)
             for (j = 0; j < rest; j++) e[i + j] = pad_e[j];
+        for (j = 0; j < FX_LANES; j++) outer[j] += acc[j];
     }
-    for (j = 0; j < FX_LANES; j++) outer[j] += acc[j];
     return fx_combine(outer) + (fx_combine(count) - 1.0);
 }
 
