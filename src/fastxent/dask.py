@@ -1,0 +1,433 @@
+"""fastxent on ``dask.array``: logits chunked along rows, beyond one machine's memory.
+
+``import fastxent.dask`` (needs Dask; ``pip install fastxent[dask]``)::
+
+    import dask.array as da, fastxent.dask as fxd
+    logits = da.from_array(np.load("logits.npy", mmap_mode="r"), chunks=(65536, -1))
+    loss, grad = fxd.cross_entropy_with_grad(logits, labels)     # lazy
+    da.compute(loss, da.to_zarr(grad, "grad.zarr", compute=False))
+
+Every function has the semantics of its in-memory namesake in ``fastxent`` and returns lazy
+dask arrays. Each block of rows runs the fused kernel once (a loss and its gradient come from
+the same task). The class axis must be one chunk; it is rechunked to one if it is not.
+Reductions add per-block float64 sums of the per-row losses, and ``mean`` divides by the
+total weight of the targets (computed from the targets alone), so a reduced loss equals the
+in-memory one to an ulp or two of summation order; per-row losses and gradients are the same
+bits. All-ignored ``mean`` is NaN with a zero gradient, as in memory.
+
+A bad class index raises the in-memory ``IndexError`` (with the position in the whole target)
+when the block holding it is computed; with several bad labels, the first block to run reports.
+
+``n_threads=None`` gives each block ``max(1, cores // number of blocks)`` threads, decided when
+the block runs: with at least as many blocks as cores, dask's own workers (one thread per core
+by default) are the parallelism and the kernels, which release the GIL, use one thread each.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Callable
+
+import dask.array as da
+import numpy as np
+
+from . import _api
+from . import _validation as check
+
+__all__ = [
+    "cross_entropy", "cross_entropy_with_grad",
+    "softmax", "log_softmax", "logsumexp",
+    "softmax_cross_entropy_with_logits", "softmax_cross_entropy_with_logits_and_grad",
+    "sparse_softmax_cross_entropy_with_logits", "sparse_softmax_cross_entropy_with_logits_and_grad",
+]
+
+
+# ------------------------------------------------------------------------------------------
+# Helpers
+# ------------------------------------------------------------------------------------------
+
+def _logits(x: Any, name: str) -> da.Array:
+    arr = da.asarray(x)
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must be an array of real numbers; got dtype {arr.dtype}")
+    check.at_least_1d(arr, name)
+    return arr
+
+
+def _result_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype fastxent returns for inputs of ``dtype`` (float16 stays float16, ints -> float64)."""
+    return _api.softmax(np.zeros(1, dtype)).dtype
+
+
+def _whole_axis(x: da.Array, axis: int) -> da.Array:
+    """``x`` with its class axis in one chunk: a kernel needs whole rows."""
+    return x.rechunk({axis: -1}) if len(x.chunks[axis]) > 1 else x
+
+
+def _aligned(a: Any, chunks: tuple[tuple[int, ...], ...]) -> da.Array:
+    """``a`` (NumPy or dask) as a dask array chunked exactly as ``chunks``."""
+    if isinstance(a, da.Array):
+        return a if a.chunks == chunks else a.rechunk(chunks)
+    return da.from_array(np.asarray(a), chunks=chunks)
+
+
+def _threads(n_threads: int | None, n_blocks: int) -> int:
+    """Threads for one block, decided on the machine that runs it."""
+    if n_threads is not None:
+        return n_threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(1, n_blocks))
+
+
+def _ones_chunks(x: da.Array) -> tuple[tuple[int, ...], ...]:
+    """One element per block: the chunks of an array of per-block partial results."""
+    return tuple((1,) * len(c) for c in x.chunks)
+
+
+def _global_bad_label(exc: IndexError, labels: np.ndarray, n_classes: int,
+                      ignore_index: int | None, offset: tuple[int, ...]) -> IndexError:
+    """The in-memory IndexError: ``exc`` names the position within the block; name it in the
+    whole target instead."""
+    bad = labels >= n_classes if labels.dtype.kind == "u" else (labels < 0) | (labels >= n_classes)
+    if ignore_index is not None:
+        bad &= labels != ignore_index
+    hits = np.argwhere(bad)
+    if not len(hits):
+        return exc
+    local = tuple(int(i) for i in hits[0])
+    where = tuple(i + o for i, o in zip(local, offset))
+    return IndexError(str(exc).replace(f"at index {local}", f"at index {where}", 1))
+
+
+def _sum_partials(parts: da.Array) -> da.Array:
+    return parts.sum(dtype=np.float64)
+
+
+def _divide(total: np.ndarray, denominator: np.ndarray, result: np.dtype) -> np.ndarray:
+    # as in memory: 0/0 (mean over nothing) is NaN, without a warning
+    d = float(denominator)
+    return np.asarray(float(total) / d if d != 0.0 else math.nan, dtype=result)
+
+
+def _grad_scale(grad_output: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    # as in memory: mean over nothing has an all-zero gradient
+    d = float(denominator)
+    return np.asarray(float(grad_output) / d if d != 0.0 else 0.0)
+
+
+# ------------------------------------------------------------------------------------------
+# The block functions (run by the workers)
+# ------------------------------------------------------------------------------------------
+
+def _loss_block(x: np.ndarray, labels: np.ndarray, scale: Any = None, *, fn: Callable,
+                label_axis: int, sparse: bool, n_classes: int, ignore_index: int | None,
+                n_threads: int | None, n_blocks: int, with_grad: bool, keep: str,
+                block_info: dict | None = None) -> Any:
+    """One block of rows through the fused kernel.
+
+    ``labels`` carries a length-1 class axis (sparse) so that its blocks line up with the
+    logits'; ``scale`` is the gradient factor (a 0-d array, or per-row factors with a length-1
+    class axis). Returns the per-row losses (``keep="rows"``), their float64 sum with every
+    axis kept (``keep="sum"``), or ``(losses, grad)`` for a pair array.
+    """
+    if sparse:
+        labels = labels.reshape(labels.shape[:label_axis] + labels.shape[label_axis + 1:])
+    kwargs: dict[str, Any] = {"n_threads": _threads(n_threads, n_blocks)}
+    if with_grad:
+        factor = np.asarray(scale)
+        if factor.ndim:  # per-row factors, reduction "none"
+            factor = factor.reshape(factor.shape[:label_axis] + factor.shape[label_axis + 1:])
+        kwargs["grad_output"] = factor if factor.ndim else float(factor)
+    try:
+        result = fn(x, labels, **kwargs)
+    except IndexError as exc:
+        if not sparse or block_info is None:
+            raise
+        start = [lo for lo, _ in block_info[0]["array-location"]]
+        del start[label_axis]
+        raise _global_bad_label(exc, labels, n_classes, ignore_index, tuple(start)) from None
+    losses, grad = result if with_grad else (result, None)
+    losses = np.asarray(losses)
+    if keep == "sum":
+        losses = np.full((1,) * x.ndim, losses.sum(dtype=np.float64))
+    else:  # a length-1 class axis keeps the blocks of logits and losses lined up
+        losses = np.expand_dims(losses, label_axis)
+    return (losses, grad) if with_grad else losses
+
+
+def _weight_total_block(labels: np.ndarray, *, weight: np.ndarray | None, ignore_index: int,
+                        n_classes: int, ndim: int) -> np.ndarray:
+    """Σ w[y] over the rows not ignored (the ``mean`` denominator), from the targets alone.
+    Bad labels count nothing here: the kernel raises for them in the same block."""
+    y = labels[labels != ignore_index]
+    y = y[(y >= 0) & (y < n_classes)] if y.dtype.kind == "i" else y[y < n_classes]
+    total = float(len(y)) if weight is None else float(weight[y].sum(dtype=np.float64))
+    return np.full((1,) * ndim, total)
+
+
+def _first(pair: tuple) -> np.ndarray:
+    return pair[0]
+
+
+def _second(pair: tuple) -> np.ndarray:
+    return pair[1]
+
+
+# ------------------------------------------------------------------------------------------
+# The shared driver: blocks of rows -> losses (reduced or not) and the gradient
+# ------------------------------------------------------------------------------------------
+
+def _run(x: da.Array, labels: Any, axis: int, fn: Callable, *, sparse: bool, reduction: str,
+         result: np.dtype, denominator: Any, grad_output: Any, with_grad: bool,
+         ignore_index: int | None, n_threads: int | None) -> Any:
+    """The lazy loss (and gradient) of ``fn`` (an in-memory fastxent function of one block,
+    reduction "none") over the blocks of ``x``; ``axis`` is the class axis, in one chunk."""
+    x = _whole_axis(x, axis)
+    loss_chunks = x.chunks[:axis] + x.chunks[axis + 1:]
+    if sparse:
+        y = da.expand_dims(_aligned(labels, loss_chunks), axis)  # blocks line up with x's
+    else:
+        y = _aligned(labels, x.chunks)
+    common = dict(fn=fn, label_axis=axis, sparse=sparse, n_classes=x.shape[axis],
+                  ignore_index=ignore_index, n_threads=n_threads, n_blocks=math.prod(x.numblocks),
+                  with_grad=with_grad)
+
+    args: list[Any] = [x, y]
+    if with_grad:
+        if reduction == "none" and np.ndim(grad_output):
+            rows = da.broadcast_to(da.asarray(grad_output), tuple(x.shape[:axis] + x.shape[axis + 1:]))
+            args.append(da.expand_dims(_aligned(rows, loss_chunks), axis))
+        else:
+            args.append(da.map_blocks(_grad_scale, da.asarray(grad_output), da.asarray(denominator),
+                                      dtype=np.float64, meta=np.empty((), np.float64)))
+
+    keep = "rows" if reduction == "none" else "sum"
+    if keep == "rows":
+        row_chunks = x.chunks[:axis] + ((1,),) + x.chunks[axis + 1:]
+        loss_kw: dict[str, Any] = dict(chunks=row_chunks, dtype=result,
+                                       meta=np.empty((0,) * x.ndim, result))
+    else:
+        loss_kw = dict(chunks=_ones_chunks(x), dtype=np.float64, meta=np.empty((0,) * x.ndim))
+    if with_grad:
+        pairs = da.map_blocks(_loss_block, *args, keep=keep, **common, dtype=object,
+                              meta=np.empty((0,) * x.ndim, dtype=object))
+        losses = da.map_blocks(_first, pairs, **loss_kw)
+        grad = da.map_blocks(_second, pairs, dtype=result, meta=np.empty((0,) * x.ndim, result))
+    else:
+        losses = da.map_blocks(_loss_block, *args, keep=keep, **common, **loss_kw)
+        grad = None
+
+    if reduction == "none":
+        losses = losses[(slice(None),) * axis + (0,)]  # drop the length-1 class axis
+    elif reduction == "sum":
+        losses = _sum_partials(losses).astype(result)
+    elif reduction == "mean":
+        losses = da.map_blocks(_divide, _sum_partials(losses), da.asarray(denominator),
+                               result=result, dtype=result, meta=np.empty((), result))
+    return (losses, grad) if with_grad else losses
+
+
+def _squeeze_row(value: Any) -> Any:
+    """Undo the one-row view of 1-D input."""
+    if isinstance(value, tuple):
+        return tuple(_squeeze_row(v) for v in value)
+    return value if value is None or value.ndim == 0 else value[0]
+
+
+# ------------------------------------------------------------------------------------------
+# PyTorch family
+# ------------------------------------------------------------------------------------------
+
+def _torch_call(input: Any, target: Any, weight: Any, ignore_index: Any, reduction: Any,
+                label_smoothing: Any, grad_output: Any, n_threads: int | None,
+                with_grad: bool) -> Any:
+    x = _logits(input, "input")
+    reduction = check.reduction(reduction)
+    smoothing = check.label_smoothing(label_smoothing)
+    ignore = check.ignore_index(ignore_index)
+    if n_threads is not None:
+        check.n_threads(n_threads, 1)
+    one_row = x.ndim == 1
+    t = target if isinstance(target, da.Array) else np.asarray(target)
+    if one_row:  # (C,) is one row: view it as (1, C) and squeeze the results
+        x, t = x[None], t[None]
+        if reduction == "none" and with_grad and np.ndim(grad_output):
+            grad_output = (grad_output if isinstance(grad_output, da.Array)
+                           else np.asarray(grad_output))[None]
+    c = check.n_classes(x.shape, 1, "input")
+    w = check.class_weight(weight, c)
+    result = _result_dtype(x.dtype)
+    loss_shape = x.shape[:1] + x.shape[2:]
+    sparse = t.dtype.kind in "iu"
+    if sparse:
+        if t.shape != loss_shape:
+            raise ValueError(f"target shape {t.shape} does not match input shape {x.shape}: "
+                             f"expected target of shape {loss_shape}")
+        ty = _aligned(t, x.chunks[:1] + x.chunks[2:])
+        denominator: Any = _sum_partials(da.map_blocks(
+            _weight_total_block, ty, weight=w, ignore_index=ignore, n_classes=c, ndim=ty.ndim,
+            chunks=_ones_chunks(ty), dtype=np.float64, meta=np.empty((0,) * ty.ndim)))
+        t = ty
+    elif t.dtype.kind == "f":
+        if t.shape != x.shape:
+            raise ValueError(f"target (class probabilities) shape {t.shape} does not match "
+                             f"input shape {x.shape}")
+        denominator = float(math.prod(loss_shape))  # probability targets: mean over the rows
+    else:
+        raise TypeError("target must be integer class indices or floating class probabilities; "
+                        f"got dtype {t.dtype}")
+    if reduction != "mean":
+        denominator = 1.0
+    call = _api.cross_entropy_with_grad if with_grad else _api.cross_entropy
+    # per block: per-row losses (and the gradient scaled by grad_output / denominator)
+    fn = _Partial(call, weight=w, ignore_index=ignore, reduction="none", label_smoothing=smoothing)
+    out = _run(x, t, 1, fn, sparse=sparse, reduction=reduction, result=result,
+               denominator=denominator, grad_output=grad_output, with_grad=with_grad,
+               ignore_index=ignore if sparse else None, n_threads=n_threads)
+    return _squeeze_row(out) if one_row else out
+
+
+class _Partial:
+    """``functools.partial`` with a readable name in dask's task stream."""
+
+    def __init__(self, fn: Callable, **kwargs: Any) -> None:
+        self.fn, self.kwargs = fn, kwargs
+        self.__name__ = fn.__name__
+
+    def __call__(self, x: np.ndarray, labels: np.ndarray, **kwargs: Any) -> Any:
+        return self.fn(x, labels, **self.kwargs, **kwargs)
+
+
+def cross_entropy(input: Any, target: Any, *, weight: Any = None, ignore_index: int = -100,
+                  reduction: str = "mean", label_smoothing: float = 0.0,
+                  n_threads: int | None = None) -> da.Array:
+    """``fastxent.cross_entropy`` (as ``torch.nn.functional.cross_entropy``) of a dask array
+    chunked along rows (axis 0 and the axes after the class axis 1); a lazy 0-d array for
+    ``mean``/``sum``, per-row losses chunked like the rows for ``none``.
+
+    >>> import dask.array as da
+    >>> x = da.from_array(np.array([[1., 2., 3.], [2., 1., 3.], [3., 2., 1.]]), chunks=(2, 3))
+    >>> round(float(cross_entropy(x, np.array([0, 1, 2])).compute()), 12)  # blocks: ulps apart
+    2.407605964444
+    """
+    return _torch_call(input, target, weight, ignore_index, reduction, label_smoothing, 1.0,
+                       n_threads, with_grad=False)
+
+
+def cross_entropy_with_grad(input: Any, target: Any, *, weight: Any = None,
+                            ignore_index: int = -100, reduction: str = "mean",
+                            label_smoothing: float = 0.0, grad_output: Any = 1.0,
+                            n_threads: int | None = None) -> tuple[da.Array, da.Array]:
+    """``(loss, grad)`` as ``fastxent.cross_entropy_with_grad``, lazily: ``grad`` is chunked like
+    ``input`` (class axis in one chunk), and loss and gradient of a block come from one kernel
+    call when computed together (``da.compute(loss, grad)`` or one ``da.store``).
+
+    ``grad_output`` is a scalar for ``mean``/``sum``; for ``none`` a scalar or an array
+    (NumPy or dask) broadcastable to the loss's shape.
+    """
+    return _torch_call(input, target, weight, ignore_index, reduction, label_smoothing,
+                       grad_output, n_threads, with_grad=True)
+
+
+# ------------------------------------------------------------------------------------------
+# TensorFlow family (class axis last for sparse labels)
+# ------------------------------------------------------------------------------------------
+
+def _tf_call(labels: Any, logits: Any, axis: int, n_threads: int | None, with_grad: bool,
+             sparse: bool) -> Any:
+    x = _logits(logits, "logits")
+    ax = x.ndim - 1 if sparse else check.normalise_axis(axis, x.ndim)
+    check.n_classes(x.shape, ax, "logits")
+    y = labels if isinstance(labels, da.Array) else np.asarray(labels)
+    expected = x.shape[:-1] if sparse else x.shape
+    if y.shape != expected:
+        raise ValueError(f"labels shape {y.shape} does not match logits shape {x.shape}")
+    if sparse and y.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integer class indices; got dtype {y.dtype}")
+    if sparse:
+        call = (_api.sparse_softmax_cross_entropy_with_logits_and_grad if with_grad
+                else _api.sparse_softmax_cross_entropy_with_logits)
+        fn = _Partial(_tf_sparse_block, call=call)
+    else:
+        call = (_api.softmax_cross_entropy_with_logits_and_grad if with_grad
+                else _api.softmax_cross_entropy_with_logits)
+        fn = _Partial(_tf_dense_block, call=call, axis=ax)
+    return _run(x, y, ax, fn, sparse=sparse, reduction="none", result=_result_dtype(x.dtype),
+                denominator=1.0, grad_output=1.0, with_grad=with_grad, ignore_index=None,
+                n_threads=n_threads)
+
+
+def _tf_sparse_block(x: np.ndarray, labels: np.ndarray, *, call: Callable, n_threads: int,
+                     grad_output: Any = None) -> Any:
+    # grad_output is always 1 here: the TF functions have no scaling argument
+    return call(labels, x, n_threads=n_threads)
+
+
+def _tf_dense_block(x: np.ndarray, labels: np.ndarray, *, call: Callable, axis: int,
+                    n_threads: int, grad_output: Any = None) -> Any:
+    return call(labels, x, axis, n_threads=n_threads)
+
+
+def softmax_cross_entropy_with_logits(labels: Any, logits: Any, axis: int = -1, *,
+                                      n_threads: int | None = None) -> da.Array:
+    """Per-example loss with dense labels, as ``tf.nn.softmax_cross_entropy_with_logits``; lazy."""
+    return _tf_call(labels, logits, axis, n_threads, with_grad=False, sparse=False)
+
+
+def softmax_cross_entropy_with_logits_and_grad(labels: Any, logits: Any, axis: int = -1, *,
+                                               n_threads: int | None = None):
+    """``(loss, backprop)``, lazily, as ``fastxent.softmax_cross_entropy_with_logits_and_grad``."""
+    return _tf_call(labels, logits, axis, n_threads, with_grad=True, sparse=False)
+
+
+def sparse_softmax_cross_entropy_with_logits(labels: Any, logits: Any, *,
+                                             n_threads: int | None = None) -> da.Array:
+    """Per-example loss with class-index labels, as
+    ``tf.nn.sparse_softmax_cross_entropy_with_logits``; lazy."""
+    return _tf_call(labels, logits, -1, n_threads, with_grad=False, sparse=True)
+
+
+def sparse_softmax_cross_entropy_with_logits_and_grad(labels: Any, logits: Any, *,
+                                                      n_threads: int | None = None):
+    """``(loss, backprop)``, lazily, as
+    ``fastxent.sparse_softmax_cross_entropy_with_logits_and_grad``."""
+    return _tf_call(labels, logits, -1, n_threads, with_grad=True, sparse=True)
+
+
+# ------------------------------------------------------------------------------------------
+# Normalisers
+# ------------------------------------------------------------------------------------------
+
+def _normaliser(fn: Callable, x: Any, axis: int, n_threads: int | None, keep_axis: bool) -> da.Array:
+    arr = _logits(x, "x")
+    ax = check.normalise_axis(axis, arr.ndim)
+    check.n_classes(arr.shape, ax, "x")
+    if n_threads is not None:
+        check.n_threads(n_threads, 1)
+    arr = _whole_axis(arr, ax)
+    result = _result_dtype(arr.dtype)
+    ndim = arr.ndim if keep_axis else arr.ndim - 1
+    return da.map_blocks(_normaliser_block, arr, fn=fn, axis=ax, n_threads=n_threads,
+                          n_blocks=math.prod(arr.numblocks), dtype=result,
+                          meta=np.empty((0,) * ndim, result), **({} if keep_axis else {"drop_axis": ax}))
+
+
+def _normaliser_block(x: np.ndarray, *, fn: Callable, axis: int, n_threads: int | None,
+                      n_blocks: int) -> np.ndarray:
+    return np.asarray(fn(x, axis, n_threads=_threads(n_threads, n_blocks)))
+
+
+def softmax(x: Any, axis: int = -1, *, n_threads: int | None = None) -> da.Array:
+    """``fastxent.softmax`` along ``axis`` (rechunked to one chunk), lazily."""
+    return _normaliser(_api.softmax, x, axis, n_threads, keep_axis=True)
+
+
+def log_softmax(x: Any, axis: int = -1, *, n_threads: int | None = None) -> da.Array:
+    """``fastxent.log_softmax`` along ``axis`` (rechunked to one chunk), lazily."""
+    return _normaliser(_api.log_softmax, x, axis, n_threads, keep_axis=True)
+
+
+def logsumexp(x: Any, axis: int = -1, *, n_threads: int | None = None) -> da.Array:
+    """``fastxent.logsumexp`` along ``axis`` (rechunked to one chunk), lazily; ``axis`` dropped."""
+    return _normaliser(_api.logsumexp, x, axis, n_threads, keep_axis=False)

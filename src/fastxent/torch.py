@@ -1,0 +1,167 @@
+"""A drop-in ``torch.nn.functional.cross_entropy`` and ``torch.nn.CrossEntropyLoss`` on fastxent.
+
+``import fastxent.torch`` (needs PyTorch; ``pip install fastxent[torch]``)::
+
+    import fastxent.torch as fxt
+    loss = fxt.cross_entropy(logits, target)        # as F.cross_entropy, autograd-aware
+    loss.backward()
+    loss_fn = fxt.CrossEntropyLoss(label_smoothing=0.1)   # an nn.CrossEntropyLoss
+
+The forward pass runs fastxent's fused kernel on the tensors' own memory (``.numpy()`` of a CPU
+tensor is a strided view, never a copy) and computes the loss and the gradient together; the
+gradient is saved, and the backward pass only scales it by ``grad_output`` (or hands it on as
+it is when ``grad_output`` is 1, the usual ``loss.backward()``). Compared with PyTorch's
+``log_softmax`` + ``nll_loss``, that is one pass over the logits instead of four, and one
+``(N, C)`` buffer instead of three.
+
+Anything fastxent does not cover goes to PyTorch's own ``F.cross_entropy``, with the same
+result: tensors on another device than the CPU, dtypes other than float32/float64 (half,
+bfloat16), sparse layouts, tensor subclasses, and a ``weight`` or probability ``target`` that
+requires grad (fastxent computes the gradient for the logits only).
+
+Double backward is not supported: a backward pass with ``create_graph=True`` through the loss
+raises a RuntimeError (the saved gradient is numbers, not a graph). Use ``F.cross_entropy`` for
+Hessian-vector products. The kernel is registered as the custom operator
+``torch.ops.fastxent.cross_entropy``, so ``torch.compile`` traces through the loss without a
+graph break.
+"""
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import _api
+
+__all__ = ["CrossEntropyLoss", "cross_entropy"]
+
+_DTYPES = (torch.float32, torch.float64)
+# Raised eagerly, not when the second derivative is taken: a gradient without a graph would
+# otherwise drop out of a gradient penalty silently.
+_NO_DOUBLE_BACKWARD = (
+    "fastxent.torch.cross_entropy does not support double backward (create_graph=True): its "
+    "gradient is computed by a kernel, not recorded as a graph; use "
+    "torch.nn.functional.cross_entropy for higher-order derivatives"
+)
+
+
+# ------------------------------------------------------------------------------------------
+# The kernel as a PyTorch operator
+# ------------------------------------------------------------------------------------------
+
+def _numpy(t: Tensor) -> np.ndarray:
+    # detach() so that .numpy() is allowed on tensors that require grad; a view either way
+    return t.detach().numpy()
+
+
+@torch.library.custom_op("fastxent::cross_entropy", mutates_args=())
+def _cross_entropy_op(input: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int,
+                      reduction: str, label_smoothing: float,
+                      with_grad: bool) -> tuple[Tensor, Tensor]:
+    """``(loss, grad)`` of ``F.cross_entropy``; ``grad`` is empty unless ``with_grad``."""
+    w = None if weight is None else _numpy(weight)
+    kwargs: dict[str, Any] = dict(weight=w, ignore_index=ignore_index, reduction=reduction,
+                                  label_smoothing=label_smoothing,
+                                  n_threads=torch.get_num_threads())
+    if with_grad:
+        loss, grad = _api.cross_entropy_with_grad(_numpy(input), _numpy(target), **kwargs)
+        grad_t = torch.from_numpy(grad)
+    else:
+        loss = _api.cross_entropy(_numpy(input), _numpy(target), **kwargs)
+        grad_t = input.new_empty(0)
+    # np.array, not asarray: a 0-d result must be a writeable array of its own for torch
+    return torch.from_numpy(np.array(loss, copy=not isinstance(loss, np.ndarray))), grad_t
+
+
+@_cross_entropy_op.register_fake
+def _(input, target, weight, ignore_index, reduction, label_smoothing, with_grad):
+    # shapes and dtypes only, for torch.compile's tracing
+    loss_shape = () if reduction != "none" or input.dim() == 1 else (input.shape[0], *input.shape[2:])
+    grad = torch.empty_like(input) if with_grad else input.new_empty(0)
+    return input.new_empty(loss_shape), grad
+
+
+# ------------------------------------------------------------------------------------------
+# Autograd
+# ------------------------------------------------------------------------------------------
+
+class _CrossEntropy(torch.autograd.Function):
+    """Forward: fused loss and gradient. Backward: the saved gradient times ``grad_output``."""
+
+    @staticmethod
+    def forward(ctx, input, target, weight, ignore_index, reduction, label_smoothing):
+        loss, grad = _cross_entropy_op(input, target, weight, ignore_index, reduction,
+                                       label_smoothing, True)
+        ctx.save_for_backward(grad)
+        ctx.per_row = reduction == "none" and input.dim() > 1
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        if torch.is_grad_enabled():  # create_graph=True: the caller wants to differentiate again
+            raise RuntimeError(_NO_DOUBLE_BACKWARD)
+        (grad,) = ctx.saved_tensors
+        if ctx.per_row:
+            # loss (N, d1, ...), gradient (N, C, d1, ...): broadcast over the class axis
+            return grad * grad_output.unsqueeze(1), None, None, None, None, None
+        if not torch.compiler.is_compiling() and bool(grad_output == 1):
+            # loss.backward(): the saved gradient is the answer. Without retain_graph autograd
+            # frees its saved copy first and then adopts this buffer as .grad, no copy made.
+            return grad, None, None, None, None, None
+        return grad * grad_output, None, None, None, None, None
+
+
+def _covered(input: Tensor, target: Tensor, weight: Tensor | None) -> bool:
+    """Whether fastxent computes this call (else PyTorch does)."""
+    def plain_cpu(t: Tensor) -> bool:
+        return (type(t) is torch.Tensor or type(t) is torch.nn.Parameter) and \
+            t.device.type == "cpu" and t.layout == torch.strided
+    return (plain_cpu(input) and input.dtype in _DTYPES and plain_cpu(target)
+            and not (target.is_floating_point() and target.requires_grad)
+            and (weight is None or (plain_cpu(weight) and not weight.requires_grad)))
+
+
+def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
+                  size_average: bool | None = None, ignore_index: int = -100,
+                  reduce: bool | None = None, reduction: str = "mean",
+                  label_smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy of logits: ``torch.nn.functional.cross_entropy``, same signature and result.
+
+    ``input`` is ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``; ``target`` holds class indices
+    (any integer dtype, shape ``(N, d1, ..., dK)``) or class probabilities (input's shape).
+    CPU float32/float64 tensors run through fastxent's fused kernel with ``torch.get_num_threads()``
+    threads; everything else through PyTorch.
+
+    >>> x = torch.tensor([[1., 2., 3.], [2., 1., 3.], [3., 2., 1.]], requires_grad=True)
+    >>> loss = cross_entropy(x, torch.tensor([0, 1, 2]))
+    >>> loss
+    tensor(2.4076, grad_fn=<_CrossEntropyBackward>)
+    >>> loss.backward(); x.grad[0]
+    tensor([-0.3033,  0.0816,  0.2217])
+    """
+    if size_average is not None or reduce is not None:  # PyTorch's deprecated arguments
+        reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)
+    if not _covered(input, target, weight):
+        return F.cross_entropy(input, target, weight, ignore_index=ignore_index,
+                               reduction=reduction, label_smoothing=label_smoothing)
+    if torch.is_grad_enabled() and input.requires_grad:
+        return _CrossEntropy.apply(input, target, weight, ignore_index, reduction, label_smoothing)
+    loss, _ = _cross_entropy_op(input, target, weight, ignore_index, reduction, label_smoothing,
+                                False)
+    return loss
+
+
+class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
+    """``torch.nn.CrossEntropyLoss`` (same arguments, buffers and state dict) computed by
+    :func:`cross_entropy`.
+
+    >>> loss_fn = CrossEntropyLoss(label_smoothing=0.1)
+    >>> loss_fn(torch.tensor([[1., 2., 3.]], dtype=torch.float64), torch.tensor([2]))
+    tensor(0.5076, dtype=torch.float64)
+    """
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
+                             reduction=self.reduction, label_smoothing=self.label_smoothing)
