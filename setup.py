@@ -6,9 +6,17 @@ still installs (the NumPy fallback ``fastxent._kernels_py`` then serves every ca
 warning -- unless ``FASTXENT_REQUIRE_EXTENSION=1`` is set, which turns both into errors.
 No -march=native and no -ffast-math: the wheel must run on any CPU of its architecture and keep
 IEEE inf/NaN semantics.
+
+``FASTXENT_DEBUG_BUILD=1`` builds the checked extension instead: Cython's ``boundscheck``,
+``wraparound`` and ``initializedcheck`` on, and the C code compiled with
+``-fsanitize=address,undefined`` (findings abort). Python itself is not sanitized, so run it with
+``LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0``; ``.ci/run``
+shows how.
 """
 
 import os
+import re
+import shutil
 import sys
 import tempfile
 import textwrap
@@ -18,6 +26,10 @@ from setuptools.command.build_ext import build_ext
 
 REQUIRE_EXTENSION = os.environ.get("FASTXENT_REQUIRE_EXTENSION", "") == "1"
 KERNELS = "src/fastxent/_kernels_c.pyx"
+DEBUG_BUILD = os.environ.get("FASTXENT_DEBUG_BUILD", "") == "1"
+# The checked build: every memoryview access checked, and the C code under ASan and UBSan.
+DEBUG_DIRECTIVES = {"boundscheck": True, "wraparound": True, "initializedcheck": True}
+SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
 
 
 def warn_loudly(message: str) -> None:
@@ -29,6 +41,8 @@ class BuildExtWithFallback(build_ext):
     """Adds OpenMP flags when the compiler supports them; tolerates a failed build unless required."""
 
     def build_extensions(self) -> None:
+        if DEBUG_BUILD:
+            self.force = True  # never keep a normal build's objects or library for a checked one
         openmp = self._compiler_has_openmp()
         if not openmp:
             message = "the C compiler has no OpenMP: the kernels are built single-threaded."
@@ -70,6 +84,30 @@ class BuildExtWithFallback(build_ext):
         return True
 
 
+def checked_copy(pyx: str, headers: list) -> str:
+    """A copy of ``pyx`` under build/checked/ with the checks of DEBUG_DIRECTIVES turned on.
+
+    Directives in a file's ``# cython:`` header override cythonize's, so the copy's header has
+    them switched on; its generated C and objects never mix with the normal build's.
+    """
+    target_dir = os.path.join("build", "checked", os.path.dirname(pyx))
+    os.makedirs(target_dir, exist_ok=True)
+    with open(pyx) as f:
+        lines = f.read().split("\n")
+    for i, line in enumerate(lines):
+        if not line.startswith("#"):
+            break  # the header comments end at the first line of code
+        for name in DEBUG_DIRECTIVES:
+            line = re.sub(rf"\b{name}\s*=\s*False\b", f"{name}=True", line)
+        lines[i] = line
+    target = os.path.join(target_dir, os.path.basename(pyx))
+    with open(target, "w") as f:
+        f.write("\n".join(lines))
+    for header in headers:
+        shutil.copy(header, target_dir)
+    return target
+
+
 def extensions() -> list:
     try:
         import numpy
@@ -90,8 +128,15 @@ def extensions() -> list:
         extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math"],
         extra_link_args=[],
     )
+    directives = {"language_level": 3}
+    if DEBUG_BUILD:
+        ext.sources = [checked_copy(KERNELS, ext.depends)]
+        ext.include_dirs.append(os.path.dirname(KERNELS))
+        ext.extra_compile_args = ["-O1", "-g", "-fno-math-errno", "-fno-trapping-math", *SANITIZE]
+        ext.extra_link_args = list(SANITIZE)
+        directives.update(DEBUG_DIRECTIVES)
     try:
-        return cythonize([ext], compiler_directives={"language_level": 3})
+        return cythonize([ext], compiler_directives=directives, force=DEBUG_BUILD)
     except Exception as exc:
         if REQUIRE_EXTENSION:
             raise

@@ -55,3 +55,87 @@ def test_concurrent_python_threads_match_sequential_calls(backend, dtype):
     for (loss, grad), (exp_loss, exp_grad) in zip(results, expected):
         assert loss == exp_loss
         np.testing.assert_array_equal(grad, exp_grad)
+
+
+def _pool_task(args):
+    logits, labels, n_threads = args
+    from fastxent import _backend
+    loss, grad = fastxent.cross_entropy_with_grad(logits, labels, n_threads=n_threads)
+    return float(loss), grad, _backend.forked_after_parallel
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fork start method is POSIX only")
+def test_fork_pool_after_parallel_calls_does_not_hang_and_matches(backend):
+    """A Pool forked (fork start method) after parallel kernels: every worker computes, each
+    call gives the parent's bits, and a hang fails after a timeout instead of blocking."""
+    rng = np.random.default_rng(5)
+    tasks = [(rng.standard_normal((6000, 40)), rng.integers(0, 40, 6000), nt)
+             for nt in (None, 2, 1, 2)]
+    expected = [fastxent.cross_entropy_with_grad(x, y, n_threads=2) for x, y, _ in tasks]
+    context = multiprocessing.get_context("fork")
+    pool = context.Pool(2)
+    try:
+        results = pool.map_async(_pool_task, tasks).get(timeout=120)
+    except multiprocessing.TimeoutError:
+        pytest.fail("a forked Pool worker hung in an OpenMP parallel region")
+    finally:
+        pool.terminate()
+        pool.join()
+    for (loss, grad, forked), (exp_loss, exp_grad) in zip(results, expected):
+        assert loss == float(exp_loss)
+        np.testing.assert_array_equal(grad, exp_grad)
+        if backend == "compiled" and _backend_parallel_used():
+            assert forked  # the child knows it must compute serially
+
+
+def _backend_parallel_used():
+    from fastxent import _backend
+    return _backend.parallel_used
+
+
+def _grandchild(queue, logits, labels):
+    context = multiprocessing.get_context("fork")
+    inner = context.Queue()
+    child = context.Process(target=_child_loss, args=(inner, logits, labels))
+    child.start()
+    child.join(60)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    queue.put(None if alive else inner.get(timeout=10))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fork start method is POSIX only")
+def test_fork_while_another_thread_runs_a_parallel_call_then_fork_again(backend):
+    """Fork while a parallel call is running in another thread, and fork again in the child."""
+    rng = np.random.default_rng(6)
+    logits = rng.standard_normal((40000, 64))
+    labels = rng.integers(0, 64, 40000)
+    parent = fastxent.cross_entropy_with_grad(logits, labels, n_threads=2)
+    stop = threading.Event()
+
+    def busy():
+        while not stop.is_set():
+            fastxent.cross_entropy_with_grad(logits, labels, n_threads=2)
+
+    worker = threading.Thread(target=busy, daemon=True)
+    worker.start()
+    try:
+        context = multiprocessing.get_context("fork")
+        queue = context.Queue()
+        child = context.Process(target=_grandchild, args=(queue, logits, labels))
+        child.start()
+        child.join(120)
+        hung = child.is_alive()
+        if hung:
+            child.kill()
+    finally:
+        stop.set()
+        worker.join(60)
+    assert not hung, "the forked child hung"
+    assert child.exitcode == 0
+    result = queue.get(timeout=10)
+    assert result is not None, "the grandchild hung"
+    loss, grad_sum = result
+    assert loss == float(parent[0])
+    assert grad_sum == float(np.abs(parent[1]).sum())

@@ -109,8 +109,12 @@ FX_CLONES static double FX_NAME(fx_row_weighted_shift_sum)(const FX_T *x, ptrdif
         for (; i < n; i++) tail += (double)x[i] - m;
     } else {
         for (; i + FX_LANES <= n; i += FX_LANES)
-            for (j = 0; j < FX_LANES; j++)
-                acc[j] += w[i + j] != 0.0 ? w[i + j] * ((double)x[i + j] - m) : 0.0;
+            for (j = 0; j < FX_LANES; j++) {
+                /* the product first, then the select: GCC 12 vectorises the conditional
+                 * product (a masked reduction) wrongly for AVX2 and AVX-512 */
+                double term = w[i + j] * ((double)x[i + j] - m);
+                acc[j] += w[i + j] != 0.0 ? term : 0.0;
+            }
         for (; i < n; i++) tail += w[i] != 0.0 ? w[i] * ((double)x[i] - m) : 0.0;
     }
     return fx_combine(acc) + tail;
@@ -188,7 +192,8 @@ FX_CLONES static double FX_NAME(fx_row_dense_dot)(const FX_T *x, const FX_T *t, 
         for (j = 0; j < FX_LANES; j++) {
             double q = (keep * (double)t[i + j] + spread) * (w != NULL ? w[i + j] : 1.0);
             tot[j] += q;
-            acc[j] += q != 0.0 ? q * ((double)x[i + j] - m) : 0.0;
+            double term = q * ((double)x[i + j] - m); /* then the select: see above */
+            acc[j] += q != 0.0 ? term : 0.0;
         }
     for (; i < n; i++) {
         double q = (keep * (double)t[i] + spread) * (w != NULL ? w[i] : 1.0);
