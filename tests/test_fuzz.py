@@ -231,12 +231,17 @@ def sparse_problems(draw):
         good = st.one_of(st.integers(0, n_classes - 1), st.sampled_from(
             [ignore_index] if info.min <= ignore_index <= info.max else [0]))
         labels = draw(arrays(label_dtype, labels_shape, good))
+    smoothing = draw(st.sampled_from([0.0, 0.0, 0.1, 1.0]))
+    # Extreme weights, tiny or huge, one end of the range at a time: together they span more
+    # than a double does. With label smoothing, whose term sums every class's weight times
+    # its logit gap, huge is 1e30, so that a loss that fits does not overflow on the way.
+    extreme = draw(st.sampled_from([1e-300, 1e300 if smoothing == 0.0 else 1e30]))
     weight = draw(st.none() | arrays(np.float64, (n_classes,),
-                                     st.sampled_from([0.0, 1e-300, 0.5, 1.0, 3.0, 1e300])))
+                                     st.sampled_from([0.0, 0.5, 1.0, 3.0, extreme])))
     options = {
         "ignore_index": ignore_index,
         "reduction": draw(st.sampled_from(["mean", "sum", "none"])),
-        "label_smoothing": draw(st.sampled_from([0.0, 0.0, 0.1, 1.0])),
+        "label_smoothing": smoothing,
         "n_threads": draw(st.sampled_from([None, 1, 2])),
     }
     if weight is not None:
@@ -386,8 +391,10 @@ def dense_problems(draw):
     x = in_layout(x, draw(st.sampled_from(LAYOUTS)), rng)
     t = in_layout(t, draw(st.sampled_from(LAYOUTS)), rng)
     # huge: 1e300, or 1e30 when computed in float32, whose gradient buffer holds
-    # coef * sum(q) * softmax before q is subtracted
-    huge = 1e300 if compute_dtype(dtype) == np.float64 else 1e30
+    # coef * sum(q) * softmax before q is subtracted (an error of an ulp of that term), or 1e3
+    # for float16 results, where such an error would not be representable
+    huge = (1e300 if compute_dtype(dtype) == np.float64 else
+            1e3 if np.dtype(dtype) == np.float16 else 1e30)
     weight = draw(st.none() | arrays(np.float64, (n_classes,),
                                      st.sampled_from([0.0, 1e-300, 0.5, 1.0, 3.0, huge])))
     reduction = draw(st.sampled_from(["mean", "sum", "none"]))

@@ -19,6 +19,7 @@ from ._api import (
     sparse_softmax_cross_entropy_with_logits,
     sparse_softmax_cross_entropy_with_logits_and_grad,
 )
+from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad
 
 __version__ = "0.1.0"
 
@@ -32,6 +33,8 @@ __all__ = [
     "backend",
     "cross_entropy",
     "cross_entropy_with_grad",
+    "linear_cross_entropy",
+    "linear_cross_entropy_with_grad",
     "log_softmax",
     "logsumexp",
     "openmp_enabled",

@@ -175,10 +175,22 @@ def _any_counted(labels: np.ndarray, ignore_index: int | None) -> bool:
     return labels.size > 0 and (ignore_index is None or bool(np.any(labels != ignore_index)))
 
 
+def _shift_for_mean(weight: np.ndarray, total: float, n_rows: int) -> int:
+    """A power of two that brings ``total``, a sum over ``n_rows`` of ``weight``'s values, near 1."""
+    top = int(np.frexp(weight.max())[1])  # weight.max() < 2**top
+    if total == np.inf:  # at most n_rows times the largest weight: bring that below 1
+        return -(top + int(n_rows).bit_length())
+    return min(-int(np.frexp(total)[1]), 1023 - top)  # and no weight may overflow
+
+
 def _run(problem: _Problem, labels: np.ndarray, sparse: bool, *, weight: np.ndarray | None,
          ignore_index: int | None, smoothing: float, reduction: str, grad: _Result | None,
-         grad_output: Any, n_threads: int) -> np.ndarray | np.generic:
-    """Validate the labels against the classes, run the fused kernel, reduce the loss."""
+         grad_output: Any, n_threads: int, z_loss: float = 0.0,
+         softcap: float = 0.0) -> np.ndarray | np.generic:
+    """Validate the labels against the classes, run the fused kernel, reduce the loss.
+
+    ``z_loss`` and ``softcap`` (0.0: off) reach the kernels only when set, so the plain calls
+    are exactly those of before."""
     kernels = _backend.kernels
     p = problem
     n_rows = p.a * p.b
@@ -189,6 +201,21 @@ def _run(problem: _Problem, labels: np.ndarray, sparse: bool, *, weight: np.ndar
             weight, n_threads)
         if n_bad:
             raise check.bad_label_error(labels, p.c, ignore_index)
+        if reduction == "mean" and weight is not None and weight_total != 0.0:
+            # The mean over class indices divides by the targets' total weight, so it does not
+            # depend on the weights' scale: bring the total near 1 by a power of two (exact: the
+            # same bits, unless huge or tiny weights would overflow or underflow on the way).
+            # The z-loss term is not weighted: it is scaled alike, so that the mean is unchanged.
+            shift = _shift_for_mean(weight, weight_total, n_rows)
+            if shift:
+                weight = np.ldexp(weight, shift)
+                z_loss = float(np.ldexp(z_loss, shift))
+                if weight_total == np.inf:
+                    weight_total = kernels.sparse_label_check(
+                        labels2, p.c, 0 if ignore_index is None else ignore_index,
+                        ignore_index is not None, weight, n_threads)[1]
+                else:
+                    weight_total = float(np.ldexp(weight_total, shift))
     else:
         labels3 = labels.reshape(p.a, p.c, p.b)
         weight_total = float(n_rows)  # probability targets: mean over the rows, not the weights
@@ -208,14 +235,15 @@ def _run(problem: _Problem, labels: np.ndarray, sparse: bool, *, weight: np.ndar
             grad_scale = 0.0  # mean with every target ignored: the gradient is all zeros
 
     loss_rows = np.empty((p.a, p.b), dtype=np.float64)
+    extra = {"z_loss": z_loss, "softcap": softcap} if (z_loss or softcap) else {}
     kernel_grad = grad.kernel_view if grad is not None else None
     if sparse:
         kernels.sparse_xent(p.x3, labels2, weight, 0 if ignore_index is None else ignore_index,
                             ignore_index is not None, smoothing, loss_rows, kernel_grad,
-                            grad_scale, grad_rows, n_threads)
+                            grad_scale, grad_rows, n_threads, **extra)
     else:
         kernels.dense_xent(p.x3, labels3, weight, smoothing, loss_rows, kernel_grad, grad_scale,
-                           grad_rows, n_threads)
+                           grad_rows, n_threads, **extra)
 
     if reduction == "none":
         with np.errstate(over="ignore"):  # a float32 loss beyond 3.4e38 is inf, as documented
@@ -311,13 +339,15 @@ def sparse_softmax_cross_entropy_with_logits_and_grad(labels: ArrayLike, logits:
 # ------------------------------------------------------------------------------------------
 
 def _torch_call(input, target, weight, ignore_index, reduction, label_smoothing, n_threads,
-                with_grad, grad_output=1.0, out=None):
+                with_grad, grad_output=1.0, out=None, z_loss=0.0, softcap=None):
     x, result = check.float_array(input, "input")
     check.at_least_1d(x, "input")
     ax = 0 if x.ndim == 1 else 1
     c = check.n_classes(x.shape, ax, "input")
     reduction = check.reduction(reduction)
     smoothing = check.label_smoothing(label_smoothing)
+    z = check.z_loss(z_loss)
+    cap = check.softcap(softcap)
     ignore = check.ignore_index(ignore_index)
     w = check.class_weight(weight, c)
     nt = _threads(n_threads)
@@ -338,12 +368,13 @@ def _torch_call(input, target, weight, ignore_index, reduction, label_smoothing,
                                            "grad_output": grad_output}, input)
     loss = _run(problem, labels, sparse, weight=w, ignore_index=ignore if sparse else None,
                 smoothing=smoothing, reduction=reduction, grad=grad, grad_output=grad_output,
-                n_threads=nt)
+                n_threads=nt, z_loss=z, softcap=cap)
     return (loss, grad.finish()) if with_grad else loss
 
 
 def cross_entropy(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
                   ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
+                  z_loss: float = 0.0, softcap: float | None = None,
                   n_threads: int | None = None) -> np.ndarray | np.generic:
     """Cross-entropy of logits, as ``torch.nn.functional.cross_entropy``.
 
@@ -354,25 +385,34 @@ def cross_entropy(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | No
     ``input``'s shape holds class probabilities (``mean`` divides by the number of rows).
     ``label_smoothing`` mixes the target with the uniform distribution, as PyTorch does.
 
+    ``z_loss=lam`` adds ``lam * logsumexp(x_n)**2`` to every row's loss (PaLM's z-loss): per row,
+    unweighted by ``weight`` and independent of the target kind and of ``label_smoothing``;
+    ignored rows get nothing, and ``mean`` divides by the same denominator as the cross-entropy.
+    ``softcap=s`` replaces every logit ``x`` by ``s * tanh(x / s)`` before everything else
+    (Gemma 2), for every target kind; ``+-inf`` logits become ``+-s``.
+
     >>> cross_entropy(np.array([[1., 2., 3.], [2., 1., 3.], [3., 2., 1.]], np.float32), [0, 1, 2])
     np.float32(2.407606)
     """
     return _torch_call(input, target, weight, ignore_index, reduction, label_smoothing, n_threads,
-                       with_grad=False)
+                       with_grad=False, z_loss=z_loss, softcap=softcap)
 
 
 def cross_entropy_with_grad(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
                             ignore_index: int = -100, reduction: str = "mean",
-                            label_smoothing: float = 0.0, grad_output: ArrayLike = 1.0,
+                            label_smoothing: float = 0.0, z_loss: float = 0.0,
+                            softcap: float | None = None, grad_output: ArrayLike = 1.0,
                             out: np.ndarray | None = None, n_threads: int | None = None):
     """``(loss, grad)``: ``cross_entropy`` and ``d(grad_output * loss) / d input``, fused.
 
     ``grad_output`` is a scalar for ``mean``/``sum`` and an array of the loss's shape (or
     broadcastable to it) for ``none``. ``out`` receives the gradient; ``out=input`` computes it
-    in place (opt-in: the logits are overwritten).
+    in place (opt-in: the logits are overwritten). With ``z_loss`` the gradient gains
+    ``2 z lse * softmax``; with ``softcap`` it carries the factor ``1 - tanh(x / s)**2``.
     """
     return _torch_call(input, target, weight, ignore_index, reduction, label_smoothing, n_threads,
-                       with_grad=True, grad_output=grad_output, out=out)
+                       with_grad=True, grad_output=grad_output, out=out, z_loss=z_loss,
+                       softcap=softcap)
 
 
 class CrossEntropyLoss:
@@ -384,16 +424,20 @@ class CrossEntropyLoss:
     """
 
     def __init__(self, weight: ArrayLike | None = None, ignore_index: int = -100,
-                 reduction: str = "mean", label_smoothing: float = 0.0) -> None:
+                 reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
+                 softcap: float | None = None) -> None:
         self.weight = None if weight is None else np.array(weight, dtype=np.float64)
         self.ignore_index = check.ignore_index(ignore_index)
         self.reduction = check.reduction(reduction)
         self.label_smoothing = check.label_smoothing(label_smoothing)
+        self.z_loss = check.z_loss(z_loss)
+        check.softcap(softcap)
+        self.softcap = None if softcap is None else float(softcap)
 
     def __call__(self, input: ArrayLike, target: ArrayLike, *, n_threads: int | None = None):
         return cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
                              reduction=self.reduction, label_smoothing=self.label_smoothing,
-                             n_threads=n_threads)
+                             z_loss=self.z_loss, softcap=self.softcap, n_threads=n_threads)
 
     def with_grad(self, input: ArrayLike, target: ArrayLike, grad_output: ArrayLike = 1.0, *,
                   out: np.ndarray | None = None, n_threads: int | None = None):
@@ -401,9 +445,15 @@ class CrossEntropyLoss:
         return cross_entropy_with_grad(input, target, weight=self.weight,
                                        ignore_index=self.ignore_index, reduction=self.reduction,
                                        label_smoothing=self.label_smoothing,
+                                       z_loss=self.z_loss, softcap=self.softcap,
                                        grad_output=grad_output, out=out, n_threads=n_threads)
 
     def __repr__(self) -> str:
         weight = "None" if self.weight is None else f"array(shape={self.weight.shape})"
+        extra = ""
+        if self.z_loss:
+            extra += f", z_loss={self.z_loss}"
+        if self.softcap is not None:
+            extra += f", softcap={self.softcap}"
         return (f"CrossEntropyLoss(weight={weight}, ignore_index={self.ignore_index}, "
-                f"reduction={self.reduction!r}, label_smoothing={self.label_smoothing})")
+                f"reduction={self.reduction!r}, label_smoothing={self.label_smoothing}{extra})")

@@ -35,6 +35,8 @@ def sparse_xent(
     grad_scale: float,
     grad_rows: npt.NDArray[np.float64] | None,
     n_threads: int,
+    z_loss: float = ...,
+    softcap: float = ...,
 ) -> int: ...
 def dense_xent(
     x: npt.NDArray[np.floating],
@@ -46,4 +48,6 @@ def dense_xent(
     grad_scale: float,
     grad_rows: npt.NDArray[np.float64] | None,
     n_threads: int,
+    z_loss: float = ...,
+    softcap: float = ...,
 ) -> None: ...

@@ -43,6 +43,7 @@ cdef extern from "_rows.h" nogil:
     # Contiguous-row loops in C: vectorised, with AVX2 / AVX-512 clones chosen at run time.
     double fx_exp_shifted_f32(float x, double m)
     double fx_exp_shifted_f64(double x, double m)
+    double fx_exp_neg_f64(double d, double lo)
     double fx_row_max_f32(const float* x, Py_ssize_t n)
     double fx_row_max_f64(const double* x, Py_ssize_t n)
     double fx_row_exp_sum_f32(const float* x, Py_ssize_t n, double m, float* e)
@@ -61,6 +62,14 @@ cdef extern from "_rows.h" nogil:
                                double spread, const double* w)
     void fx_row_dense_grad_f64(double* g, const double* t, Py_ssize_t n, double a, double b, double keep,
                                double spread, const double* w)
+    # Logit softcap on contiguous rows (the z-loss/softcap section at the end).
+    double fx_cap_e(double x, double s, double* slope)
+    double fx_row_cap_exp_sum_f32(const float* x, Py_ssize_t n, double s, double m_raw, double* m_out)
+    double fx_row_cap_exp_sum_f64(const double* x, Py_ssize_t n, double s, double m_raw, double* m_out)
+    void fx_row_cap_grad_f32(const float* x, float* g, Py_ssize_t n, double s, double m, double a,
+                             double b, const float* t, double keep, double spread, const double* w)
+    void fx_row_cap_grad_f64(const double* x, double* g, Py_ssize_t n, double s, double m, double a,
+                             double b, const double* t, double keep, double spread, const double* w)
     # Tiles of FX_TILE rows with at most FX_TILE_MAX_C classes, vectorised across the rows.
     enum: FX_TILE
     enum: FX_TILE_MAX_C
@@ -416,17 +425,20 @@ def sparse_label_check(const label_t[:, :] labels, Py_ssize_t n_classes, int64_t
 
 cdef void _sparse_row(const floating* x, Py_ssize_t n, Py_ssize_t xs, Py_ssize_t y,
                       const double* weight, double weight_sum, double smoothing,
-                      double* loss, floating* g, Py_ssize_t gs, double grad_coef) noexcept nogil:
+                      double* loss, floating* g, Py_ssize_t gs, double grad_coef,
+                      double z_loss) noexcept nogil:
     """Loss and gradient of one row with class index y (already checked to be in range).
 
-    loss = (1 - eps) w_y (lse - x_y) + (eps / C) sum_c w_c (lse - x_c)
+    loss = (1 - eps) w_y (lse - x_y) + (eps / C) sum_c w_c (lse - x_c) [+ z_loss lse^2]
     grad = grad_coef * d loss / d x; ``g`` is NULL for the loss alone, and may alias ``x``.
+    The z-loss term (gradient 2 z lse p) only changes coefficients, and only when z_loss != 0:
+    with z_loss == 0 every operation is the one of the plain path.
     """
     cdef double m = _row_max(x, n, xs)
     cdef floating x_y = x[y * xs]  # read now: the gradient may overwrite x (in place)
     cdef double w_y = weight[y] if weight != NULL else 1.0
     cdef double s_rest, log_s, inv_s, nll, p_y, p_y_minus_1, smooth_dot = 0.0
-    cdef double a_coef, k_coef, w_c
+    cdef double a_coef, k_coef, w_c, lse, z_coef = 0.0
     cdef Py_ssize_t c
     if m == INFINITY or m == -INFINITY:
         loss[0] = NAN
@@ -452,6 +464,10 @@ cdef void _sparse_row(const floating* x, Py_ssize_t n, Py_ssize_t xs, Py_ssize_t
         loss[0] = (1.0 - smoothing) * w_y * nll + (smoothing / n) * (weight_sum * log_s - smooth_dot)
     else:
         loss[0] = w_y * nll
+    if z_loss != 0.0:
+        lse = m + log_s
+        loss[0] += z_loss * lse * lse
+        z_coef = 2.0 * z_loss * lse  # d(z lse^2)/dx_c = z_coef p_c
     if g == NULL:
         return
     inv_s = 1.0 / (1.0 + s_rest)
@@ -466,8 +482,10 @@ cdef void _sparse_row(const floating* x, Py_ssize_t n, Py_ssize_t xs, Py_ssize_t
     # g_c = coef * (A p_c - k w_c) for c != y, with A = (1 - eps) w_y + (eps / C) W, k = eps / C
     k_coef = smoothing / n
     a_coef = (1.0 - smoothing) * w_y + k_coef * weight_sum
+    if z_loss != 0.0:
+        a_coef = a_coef + z_coef
     if smoothing == 0.0:
-        _scale_row(g, n, gs, grad_coef * w_y * inv_s)
+        _scale_row(g, n, gs, grad_coef * (w_y + z_coef if z_loss != 0.0 else w_y) * inv_s)
     elif gs == 1:
         if floating is float:
             fx_row_smooth_grad_f32(g, n, grad_coef * a_coef * inv_s, grad_coef * k_coef, weight)
@@ -477,8 +495,12 @@ cdef void _sparse_row(const floating* x, Py_ssize_t n, Py_ssize_t xs, Py_ssize_t
         for c in range(n):
             w_c = weight[c] if weight != NULL else 1.0
             g[c * gs] = <floating>(grad_coef * (a_coef * (g[c * gs] * inv_s) - k_coef * w_c))
-    g[y * gs] = <floating>(grad_coef * ((1.0 - smoothing) * w_y * p_y_minus_1
-                                        + k_coef * (weight_sum * p_y - w_y)))
+    if z_loss != 0.0:
+        g[y * gs] = <floating>(grad_coef * ((1.0 - smoothing) * w_y * p_y_minus_1
+                                            + k_coef * (weight_sum * p_y - w_y) + z_coef * p_y))
+    else:
+        g[y * gs] = <floating>(grad_coef * ((1.0 - smoothing) * w_y * p_y_minus_1
+                                            + k_coef * (weight_sum * p_y - w_y)))
 
 
 cdef Py_ssize_t _sparse_tile(const floating* x, Py_ssize_t rs, Py_ssize_t cs, int rows,
@@ -536,7 +558,7 @@ cdef Py_ssize_t _sparse_tile(const floating* x, Py_ssize_t rs, Py_ssize_t cs, in
 def sparse_xent(const floating[:, :, :] x, const label_t[:, :] labels, const double[::1] weight,
                 int64_t ignore_index, bint has_ignore, double smoothing, double[:, :] loss_out,
                 floating[:, :, :] grad_out, double grad_scale, const double[:, :] grad_rows,
-                int n_threads):
+                int n_threads, double z_loss=0.0, double softcap=0.0):
     """Cross-entropy of logits x (A, C, B) with class-index labels (A, B): forward, backward or both.
 
     loss_out (A, B), float64: per-row losses (0 for ignored rows); always written.
@@ -544,6 +566,10 @@ def sparse_xent(const floating[:, :, :] x, const label_t[:, :] labels, const dou
     grad_rows[a, b] when grad_rows is given. May be ``x`` itself (in-place). Ignored rows get 0.
     weight (C,) float64 or None; smoothing in [0, 1]. Returns the number of bad labels met
     (rows with a bad label get NaN; the API checks labels first, so this is normally 0).
+    z_loss >= 0 adds z_loss * lse**2 to every row that is not ignored; softcap > 0 replaces each
+    logit x by softcap * tanh(x / softcap) first (0: no cap). Either one leaves the tile path;
+    z-loss is folded into _sparse_row's coefficients, softcap routes rows through
+    _sparse_row_extra. With both off, every operation is the one of the plain paths.
     """
     cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], r, a, b, y
     cdef Py_ssize_t xs0 = x.strides[0] // sizeof(floating), xs1 = x.strides[1] // sizeof(floating)
@@ -569,7 +595,8 @@ def sparse_xent(const floating[:, :, :] x, const label_t[:, :] labels, const dou
         gs0 = grad_out.strides[0] // sizeof(floating)
         gs1 = grad_out.strides[1] // sizeof(floating)
         gs2 = grad_out.strides[2] // sizeof(floating)
-    if smoothing == 0.0 and _use_tiles(C):
+    cdef bint extra = z_loss != 0.0 or softcap != 0.0
+    if smoothing == 0.0 and _use_tiles(C) and not extra:  # tiles: neither z-loss nor softcap
         return _sparse_tiles(x, labels, wp, ignore_index, has_ignore, loss_out, grad_out,
                              grad_scale, grad_rows, n_threads)
     for r in prange(A * B, nogil=True, schedule="static",
@@ -585,8 +612,12 @@ def sparse_xent(const floating[:, :, :] x, const label_t[:, :] labels, const dou
                 _fill_row(grow, C, gs1, 0.0 if y == IGNORED else NAN)
             continue
         coef = grad_scale * grad_rows[a, b] if with_rows else grad_scale
-        _sparse_row(xp + a * xs0 + b * xs2, C, xs1, y, wp, weight_sum, smoothing,
-                    &loss_out[a, b], grow, gs1, coef)
+        if softcap != 0.0:
+            _sparse_row_extra(xp + a * xs0 + b * xs2, C, xs1, y, wp, weight_sum, smoothing,
+                              z_loss, softcap, &loss_out[a, b], grow, gs1, coef)
+        else:  # the vectorised row, z-loss folded into its coefficients
+            _sparse_row(xp + a * xs0 + b * xs2, C, xs1, y, wp, weight_sum, smoothing,
+                        &loss_out[a, b], grow, gs1, coef, z_loss)
     return n_bad
 
 
@@ -624,15 +655,16 @@ cdef Py_ssize_t _sparse_tiles(const floating[:, :, :] x, const label_t[:, :] lab
 
 cdef void _dense_row(const floating* x, Py_ssize_t n, Py_ssize_t xs, const floating* t,
                      Py_ssize_t ts, const double* weight, double smoothing, double* loss,
-                     floating* g, Py_ssize_t gs, double grad_coef) noexcept nogil:
+                     floating* g, Py_ssize_t gs, double grad_coef, double z_loss) noexcept nogil:
     """Loss and gradient of one row with label mass t (smoothed to (1 - eps) t + eps / C).
 
     With q_c = w_c t_c: loss = sum_c q_c (lse - x_c) = Q log s - sum_c q_c (x_c - m), Q = sum q;
     grad = grad_coef (Q p - q), the true gradient also when Q != 1. Terms with q_c = 0 are skipped,
-    so a -inf logit with no label mass costs nothing and gets gradient 0.
+    so a -inf logit with no label mass costs nothing and gets gradient 0. With z_loss != 0,
+    loss += z lse^2 and the softmax's coefficient Q becomes Q + 2 z lse (nothing changes at 0).
     """
     cdef double m = _row_max(x, n, xs)
-    cdef double mass = 0.0, dot = 0.0, q, s_rest, log_s, inv_s
+    cdef double mass = 0.0, dot = 0.0, q, s_rest, log_s, inv_s, lse, p_coef
     cdef double keep = 1.0 - smoothing, spread = smoothing / n
     cdef Py_ssize_t c
     if m == INFINITY or m == -INFINITY:
@@ -656,28 +688,35 @@ cdef void _dense_row(const floating* x, Py_ssize_t n, Py_ssize_t xs, const float
     s_rest = _row_sum_rest(x, n, xs, m, g, gs)
     log_s = log1p(s_rest)
     loss[0] = mass * log_s - dot
+    p_coef = mass
+    if z_loss != 0.0:
+        lse = m + log_s
+        loss[0] += z_loss * lse * lse
+        p_coef = mass + 2.0 * z_loss * lse
     if g == NULL:
         return
     inv_s = 1.0 / (1.0 + s_rest)
     if gs == 1 and ts == 1:
         if floating is float:
-            fx_row_dense_grad_f32(g, t, n, grad_coef * mass * inv_s, grad_coef, keep, spread, weight)
+            fx_row_dense_grad_f32(g, t, n, grad_coef * p_coef * inv_s, grad_coef, keep, spread, weight)
         else:
-            fx_row_dense_grad_f64(g, t, n, grad_coef * mass * inv_s, grad_coef, keep, spread, weight)
+            fx_row_dense_grad_f64(g, t, n, grad_coef * p_coef * inv_s, grad_coef, keep, spread, weight)
         return
     for c in range(n):
         q = keep * t[c * ts] + spread
         if weight != NULL:
             q = q * weight[c]
-        g[c * gs] = <floating>(grad_coef * (mass * (g[c * gs] * inv_s) - q))
+        g[c * gs] = <floating>(grad_coef * (p_coef * (g[c * gs] * inv_s) - q))
 
 
 def dense_xent(const floating[:, :, :] x, const floating[:, :, :] labels, const double[::1] weight,
                double smoothing, double[:, :] loss_out, floating[:, :, :] grad_out,
-               double grad_scale, const double[:, :] grad_rows, int n_threads):
+               double grad_scale, const double[:, :] grad_rows, int n_threads,
+               double z_loss=0.0, double softcap=0.0):
     """Cross-entropy of logits x (A, C, B) with label mass of the same shape: forward/backward/both.
 
     Arguments as ``sparse_xent``; ``grad_out`` may be ``x`` itself but never ``labels``.
+    z_loss and softcap as in ``sparse_xent`` (every row gets the z-loss: nothing is ignored).
     """
     cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], r, a, b
     cdef Py_ssize_t xs0 = x.strides[0] // sizeof(floating), xs1 = x.strides[1] // sizeof(floating)
@@ -704,7 +743,8 @@ def dense_xent(const floating[:, :, :] x, const floating[:, :, :] labels, const 
         gs0 = grad_out.strides[0] // sizeof(floating)
         gs1 = grad_out.strides[1] // sizeof(floating)
         gs2 = grad_out.strides[2] // sizeof(floating)
-    if _use_tiles(C):
+    cdef bint extra = z_loss != 0.0 or softcap != 0.0
+    if _use_tiles(C) and not extra:
         _dense_tiles(x, labels, wp, smoothing, loss_out, grad_out, grad_scale, grad_rows, n_threads)
         return
     for r in prange(A * B, nogil=True, schedule="static",
@@ -712,8 +752,12 @@ def dense_xent(const floating[:, :, :] x, const floating[:, :, :] labels, const 
         a, b = _row_position(r, B)
         grow = gp + a * gs0 + b * gs2 if with_grad else NULL
         coef = grad_scale * grad_rows[a, b] if with_rows else grad_scale
-        _dense_row(xp + a * xs0 + b * xs2, C, xs1, tp + a * ts0 + b * ts2, ts1, wp, smoothing,
-                   &loss_out[a, b], grow, gs1, coef)
+        if softcap != 0.0:
+            _dense_row_extra(xp + a * xs0 + b * xs2, C, xs1, tp + a * ts0 + b * ts2, ts1, wp,
+                             smoothing, z_loss, softcap, &loss_out[a, b], grow, gs1, coef)
+        else:  # the vectorised row, z-loss folded into its coefficients
+            _dense_row(xp + a * xs0 + b * xs2, C, xs1, tp + a * ts0 + b * ts2, ts1, wp, smoothing,
+                       &loss_out[a, b], grow, gs1, coef, z_loss)
 
 
 cdef void _dense_tile(const floating* x, Py_ssize_t rs, Py_ssize_t cs, int rows, Py_ssize_t n,
@@ -793,3 +837,154 @@ cdef void _dense_tiles(const floating[:, :, :] x, const floating[:, :, :] labels
         _dense_tile(&x[a, 0, b], rs, cs, rows, C, &labels[a, 0, b], trs, tcs, weight, smoothing,
                     &loss_out[a, b], loss_s, &grad_out[a, 0, b] if with_grad else NULL, grs, gcs,
                     grad_scale, &grad_rows[a, b] if with_rows else NULL, rows_s)
+
+
+# --------------------------------------------------------------------------------------------
+# Logit softcap (both label kinds): the rows of sparse_xent / dense_xent when softcap > 0
+# --------------------------------------------------------------------------------------------
+#
+# Each logit x is read as v = s tanh(x / s) (Gemma 2), computed in double on the fly (never
+# stored), and the gradient w.r.t. x carries dv/dx = 1 - tanh^2(x / s). Both come from one
+# e = exp(-2|x / s|) (fx_cap_e): tanh = sign (1 - e) / (1 + e), absolute error about 1e-16,
+# which is what the loss sees (v enters it additively), and 1 - tanh^2 = 4 e / (1 + e)^2,
+# without cancellation and exactly 0 at x = +-inf. tanh is monotone, so the capped row maximum
+# m is the cap of the raw maximum, and "x is the maximum" is decided on the raw x. A +-inf
+# logit is capped to +-s; NaN stays NaN.
+# z-loss (z lse^2 per row, gradient 2 z lse p) is folded into the coefficients here as in the
+# plain rows. Rows take three passes: max, sums (read only), gradient (exp recomputed), which
+# reads x_c before it writes g_c, so g may be x itself (in place). Contiguous rows use the
+# vectorised loops of _rows_template.h; strided ones the scalar loops below (same formulas).
+
+cdef inline double _cap(double v, double softcap) noexcept nogil:
+    """s tanh(v / s) (see the section comment)."""
+    cdef double slope
+    return fx_cap_e(v, softcap, &slope)
+
+
+cdef inline double _cap_slope(double v, double softcap) noexcept nogil:
+    """d/dv of _cap: 1 - tanh^2(v / s) = 4 e / (1 + e)^2, e = exp(-2|v / s|)."""
+    cdef double slope
+    fx_cap_e(v, softcap, &slope)
+    return slope
+
+
+cdef inline double _cap_row_stats(const floating* x, Py_ssize_t n, Py_ssize_t xs,
+                                  double softcap, double* m_raw, double* m_out,
+                                  double* log_s_out) noexcept nogil:
+    """The raw row max into m_raw, the capped one into m_out, log s into log_s_out; returns
+    s_rest = s - 1, summed without the 1 of the maximum."""
+    cdef double acc = 0.0, m
+    cdef Py_ssize_t c, n_max = 0
+    m_raw[0] = _row_max(x, n, xs)
+    if xs == 1:
+        if floating is float:
+            acc = fx_row_cap_exp_sum_f32(x, n, softcap, m_raw[0], m_out)
+        else:
+            acc = fx_row_cap_exp_sum_f64(x, n, softcap, m_raw[0], m_out)
+    else:
+        m = _cap(m_raw[0], softcap)
+        for c in range(n):
+            if x[c * xs] == m_raw[0]:
+                n_max += 1
+            else:
+                acc += fx_exp_shifted_f64(_cap(<double>x[c * xs], softcap), m)
+        acc = acc + <double>(n_max - 1)
+        m_out[0] = m
+    log_s_out[0] = log1p(acc)
+    return acc
+
+
+cdef void _sparse_row_extra(const floating* x, Py_ssize_t n, Py_ssize_t xs, Py_ssize_t y,
+                            const double* weight, double weight_sum, double smoothing,
+                            double z_loss, double softcap, double* loss, floating* g,
+                            Py_ssize_t gs, double grad_coef) noexcept nogil:
+    """_sparse_row with a softcap (see the section comment). With v the capped row:
+    loss = (1 - eps) w_y (lse - v_y) + (eps / C) sum_c w_c (lse - v_c) + z lse^2;
+    d loss / d v_c = (A + 2 z lse) p_c - k w_c - (1 - eps) w_y [c == y], A = (1 - eps) w_y + k W,
+    k = eps / C; times dv_c / dx_c."""
+    cdef double m, m_raw, log_s, s_rest, lse, inv_s, v, p, w_c, smooth_dot = 0.0
+    cdef double w_y = weight[y] if weight != NULL else 1.0
+    cdef double k_coef = smoothing / n, a_coef, g_c, z_coef
+    cdef double x_y = x[y * xs]  # read now: the gradient may overwrite x (in place)
+    cdef double v_y = _cap(x_y, softcap)
+    cdef Py_ssize_t c
+    s_rest = _cap_row_stats(x, n, xs, softcap, &m_raw, &m, &log_s)
+    if smoothing != 0.0:
+        for c in range(n):
+            w_c = weight[c] if weight != NULL else 1.0
+            if w_c != 0.0:
+                smooth_dot += w_c * (_cap(<double>x[c * xs], softcap) - m)
+    lse = m + log_s
+    z_coef = 2.0 * z_loss * lse
+    loss[0] = (1.0 - smoothing) * w_y * (log_s - (v_y - m)) + z_loss * lse * lse
+    if smoothing != 0.0:
+        loss[0] += k_coef * (weight_sum * log_s - smooth_dot)
+    if g == NULL:
+        return
+    inv_s = 1.0 / (1.0 + s_rest)
+    a_coef = (1.0 - smoothing) * w_y + k_coef * weight_sum + z_coef
+    if xs == 1 and gs == 1:
+        if floating is float:
+            fx_row_cap_grad_f32(x, g, n, softcap, m, grad_coef * a_coef * inv_s,
+                                grad_coef * k_coef, NULL, 0.0, 0.0, weight)
+        else:
+            fx_row_cap_grad_f64(x, g, n, softcap, m, grad_coef * a_coef * inv_s,
+                                grad_coef * k_coef, NULL, 0.0, 0.0, weight)
+    else:
+        for c in range(n):
+            v = _cap(<double>x[c * xs], softcap)
+            w_c = weight[c] if weight != NULL else 1.0
+            g[c * gs] = <floating>(grad_coef * (a_coef * fx_exp_shifted_f64(v, m) * inv_s
+                                                - k_coef * w_c)
+                                   * _cap_slope(<double>x[c * xs], softcap))
+    # the label's class: - (1 - eps) w_y, without cancellation when y is the maximum
+    # (p_y - 1 = -s_rest / s there)
+    if x_y == m_raw:
+        p = inv_s
+        g_c = (1.0 - smoothing) * w_y * (-s_rest * inv_s)
+    else:
+        p = fx_exp_shifted_f64(v_y, m) * inv_s
+        g_c = (1.0 - smoothing) * w_y * (p - 1.0)
+    g_c = g_c + k_coef * (weight_sum * p - w_y) + z_coef * p
+    g[y * gs] = <floating>(grad_coef * g_c * _cap_slope(x_y, softcap))
+
+
+cdef void _dense_row_extra(const floating* x, Py_ssize_t n, Py_ssize_t xs, const floating* t,
+                           Py_ssize_t ts, const double* weight, double smoothing, double z_loss,
+                           double softcap, double* loss, floating* g, Py_ssize_t gs,
+                           double grad_coef) noexcept nogil:
+    """_dense_row with a softcap: with q_c = w_c ((1 - eps) t_c + eps / C), Q = sum q,
+    loss = Q log s - sum_c q_c (v_c - m) + z lse^2, d loss / d v_c = (Q + 2 z lse) p_c - q_c,
+    times dv_c / dx_c. ``g`` may alias ``x``, never ``t``."""
+    cdef double m, m_raw, log_s, s_rest, lse, inv_s, q, v, mass = 0.0, dot = 0.0, a_coef
+    cdef double keep = 1.0 - smoothing, spread = smoothing / n
+    cdef Py_ssize_t c
+    s_rest = _cap_row_stats(x, n, xs, softcap, &m_raw, &m, &log_s)
+    for c in range(n):
+        q = keep * t[c * ts] + spread
+        if weight != NULL:
+            q = q * weight[c]
+        mass += q
+        if q != 0.0:
+            dot += q * (_cap(<double>x[c * xs], softcap) - m)
+    lse = m + log_s
+    loss[0] = mass * log_s - dot + z_loss * lse * lse
+    if g == NULL:
+        return
+    inv_s = 1.0 / (1.0 + s_rest)
+    a_coef = (mass + 2.0 * z_loss * lse) * inv_s
+    if xs == 1 and gs == 1 and ts == 1:
+        if floating is float:
+            fx_row_cap_grad_f32(x, g, n, softcap, m, grad_coef * a_coef, grad_coef, t, keep,
+                                spread, weight)
+        else:
+            fx_row_cap_grad_f64(x, g, n, softcap, m, grad_coef * a_coef, grad_coef, t, keep,
+                                spread, weight)
+        return
+    for c in range(n):
+        q = keep * t[c * ts] + spread
+        if weight != NULL:
+            q = q * weight[c]
+        v = _cap(<double>x[c * xs], softcap)
+        g[c * gs] = <floating>(grad_coef * (a_coef * fx_exp_shifted_f64(v, m) - q)
+                               * _cap_slope(<double>x[c * xs], softcap))

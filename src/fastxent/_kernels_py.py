@@ -7,7 +7,10 @@ and cache-resident whatever the size of the input (never more than two of them p
 
 The formulas are those of the compiled kernels, term for term (max ignoring NaN, the sum of
 exponentials without the 1 of the maximum, ``log1p``), so both backends agree within a few ulps;
-only the order of summation differs (NumPy sums pairwise).
+only the order of summation differs (NumPy sums pairwise). z-loss and softcap use the formulas
+of ``_kernels_c.pyx`` (its "Logit softcap" section), with NumPy's ``tanh`` and ``1 / cosh**2``
+for the cap and its slope; with softcap, the capped logits are one more float64 temporary per
+block.
 """
 
 from __future__ import annotations
@@ -51,16 +54,18 @@ class _RowStats:
     """Per-row max and exponential sums of a block, the quantities every kernel starts from.
 
     ``shifted`` holds x - m in float64 and ``exps`` exp(x - m); ``s_rest`` = sum exp(x - m) - 1
-    summed without the 1 of the maximum (its terms are counted, not summed), ``log_s`` its
-    log1p, ``inv_s`` = 1 / (1 + s_rest); ``finite`` marks rows with a finite maximum. The two
-    float64 arrays are the block's only full-size temporaries; work is done in place.
+    summed without the 1 of the maximum (the first maximum's term is zeroed for the sum; other
+    maxima add exact 1s, and then s_rest >= 1 so nothing small is lost), ``log_s`` its log1p,
+    ``inv_s`` = 1 / (1 + s_rest); ``finite`` marks rows with a finite maximum. The two float64
+    arrays are the block's only full-size temporaries; work is done in place.
     """
 
     def __init__(self, x: np.ndarray) -> None:
-        self.m = np.fmax.reduce(x, axis=-1, keepdims=True).astype(np.float64)  # fmax skips NaN
+        # argmax finds a NaN first: m is then NaN, and the row NaN, as it must be
+        first_max = x.argmax(axis=-1)[..., None]
+        self.m = np.take_along_axis(x, first_max, axis=-1).astype(np.float64)
         self.finite = np.isfinite(self.m[..., 0])
         self.shifted = np.subtract(x, self.m, dtype=np.float64)
-        at_max = self.shifted == 0.0
         self.exps = np.exp(self.shifted)
         if x.dtype == np.float64:
             # x - m is rounded in float64 and exp magnifies that error (half an ulp of 30 is 16
@@ -71,12 +76,12 @@ class _RowStats:
             x_part -= self.shifted
             x_part -= self.m
             low += x_part
+            np.fmax(low, -1.0, out=low)  # NaN from a -inf logit: exp is 0 there, keep it 0
             low += 1.0
-            np.copyto(low, 1.0, where=~np.isfinite(low))  # -inf logits: exp is 0 anyway
             self.exps *= low
-        np.copyto(self.exps, 0.0, where=at_max)
-        self.s_rest = self.exps.sum(axis=-1) + (np.count_nonzero(at_max, axis=-1) - 1.0)
-        np.copyto(self.exps, 1.0, where=at_max)
+        np.put_along_axis(self.exps, first_max, 0.0, axis=-1)
+        self.s_rest = self.exps.sum(axis=-1)
+        np.put_along_axis(self.exps, first_max, 1.0, axis=-1)
         self.log_s = np.log1p(self.s_rest)
         self.inv_s = 1.0 / (1.0 + self.s_rest)
 
@@ -140,6 +145,24 @@ def sparse_label_check(labels, n_classes, ignore_index, has_ignore, weight, n_th
     return n_bad, total
 
 
+def _capped(xb: np.ndarray, softcap: float):
+    """(logits read by the loss, tanh argument or None): ``softcap * tanh(x / softcap)`` in
+    float64 when ``softcap`` is not 0, else ``xb`` itself (the plain path, untouched)."""
+    if softcap == 0.0:
+        return xb, None
+    u = np.divide(xb, softcap, dtype=np.float64)
+    return softcap * np.tanh(u), u
+
+
+def _cap_slope(grad: np.ndarray, u: np.ndarray | None) -> None:
+    """grad *= d(s tanh(x / s))/dx = 1 / cosh^2(x / s), in place (no cancellation near |tanh| = 1,
+    exactly 0 for x = +-inf); nothing without a cap."""
+    if u is not None:
+        ch = np.cosh(u)
+        grad /= ch
+        grad /= ch
+
+
 def _grad_coefs(grad_scale, grad_rows, sa, sb):
     if grad_rows is None:
         return grad_scale
@@ -147,7 +170,7 @@ def _grad_coefs(grad_scale, grad_rows, sa, sb):
 
 
 def sparse_xent(x, labels, weight, ignore_index, has_ignore, smoothing, loss_out, grad_out,
-                grad_scale, grad_rows, n_threads):
+                grad_scale, grad_rows, n_threads, z_loss=0.0, softcap=0.0):
     n_classes = x.shape[1]
     w_all = np.ones(n_classes) if weight is None else np.asarray(weight, dtype=np.float64)
     weight_sum = float(n_classes) if weight is None else float(weight.sum())
@@ -155,11 +178,16 @@ def sparse_xent(x, labels, weight, ignore_index, has_ignore, smoothing, loss_out
     n_bad = 0
     with np.errstate(all="ignore"):
         for sa, sb in _blocks(x.shape):
-            xb = _rows(x, sa, sb)
+            xb, u = _capped(_rows(x, sa, sb), softcap)
             idx, ignored, bad = _class_indices(np.asarray(labels[sa, sb]), n_classes,
                                                ignore_index, has_ignore)
             n_bad += int(np.count_nonzero(bad))
             st = _RowStats(xb)
+            # z-loss: z lse^2 per row, gradient 2 z lse p (zero when z_loss is 0: plain path)
+            z_grad = 0.0
+            if z_loss != 0.0:
+                lse = st.m[..., 0] + st.log_s
+                z_grad = 2.0 * z_loss * lse
             shifted_y = np.take_along_axis(st.shifted, idx[..., None], axis=-1)[..., 0]
             w_y = w_all[idx]
             nll = st.log_s - shifted_y
@@ -172,6 +200,8 @@ def sparse_xent(x, labels, weight, ignore_index, has_ignore, smoothing, loss_out
                 loss = (1.0 - smoothing) * w_y * nll + k * (weight_sum * st.log_s - dot)
             else:
                 loss = w_y * nll
+            if z_loss != 0.0:
+                loss += z_loss * lse * lse
             loss[~st.finite] = np.nan
             loss[ignored] = 0.0
             loss[bad] = np.nan
@@ -182,13 +212,15 @@ def sparse_xent(x, labels, weight, ignore_index, has_ignore, smoothing, loss_out
             # p_y - 1 without cancellation when x_y is the maximum: -s_rest / s
             p_y = np.take_along_axis(st.exps, idx[..., None], axis=-1)[..., 0] * st.inv_s
             p_y_minus_1 = np.where(shifted_y == 0.0, -st.s_rest * st.inv_s, p_y - 1.0)
-            a_coef = (1.0 - smoothing) * w_y + k * weight_sum
+            a_coef = (1.0 - smoothing) * w_y + k * weight_sum + z_grad
             grad = st.exps  # reused in place: grad = coef (A p - k w), then the label's class
             grad *= (coef * a_coef * st.inv_s)[..., None]
             if smoothing != 0.0:
                 grad -= (coef[..., None] * k) * w_all
-            g_y = coef * ((1.0 - smoothing) * w_y * p_y_minus_1 + k * (weight_sum * p_y - w_y))
+            g_y = coef * ((1.0 - smoothing) * w_y * p_y_minus_1 + k * (weight_sum * p_y - w_y)
+                          + z_grad * p_y)
             np.put_along_axis(grad, idx[..., None], g_y[..., None], axis=-1)
+            _cap_slope(grad, u)
             grad[~st.finite] = np.nan
             grad[ignored] = 0.0
             grad[bad] = np.nan
@@ -196,11 +228,12 @@ def sparse_xent(x, labels, weight, ignore_index, has_ignore, smoothing, loss_out
     return n_bad
 
 
-def dense_xent(x, labels, weight, smoothing, loss_out, grad_out, grad_scale, grad_rows, n_threads):
+def dense_xent(x, labels, weight, smoothing, loss_out, grad_out, grad_scale, grad_rows, n_threads,
+               z_loss=0.0, softcap=0.0):
     n_classes = x.shape[1]
     with np.errstate(all="ignore"):
         for sa, sb in _blocks(x.shape):
-            xb = _rows(x, sa, sb)
+            xb, u = _capped(_rows(x, sa, sb), softcap)
             q = _rows(labels, sa, sb).astype(np.float64)
             if smoothing != 0.0:
                 q *= 1.0 - smoothing
@@ -214,14 +247,20 @@ def dense_xent(x, labels, weight, smoothing, loss_out, grad_out, grad_scale, gra
             np.copyto(q_shifted, 0.0, where=q == 0.0)
             loss = mass * st.log_s - q_shifted.sum(axis=-1)
             del q_shifted
+            z_grad = 0.0
+            if z_loss != 0.0:  # z lse^2 per row, gradient 2 z lse p
+                lse = st.m[..., 0] + st.log_s
+                loss += z_loss * lse * lse
+                z_grad = 2.0 * z_loss * lse
             loss[~st.finite] = np.nan
             loss_out[sa, sb] = loss
             if grad_out is None:
                 continue
             coef = _grad_coefs(grad_scale, grad_rows, sa, sb) * np.ones(mass.shape)
             grad = st.exps  # reused in place: grad = coef (mass p - q)
-            grad *= (coef * mass * st.inv_s)[..., None]
+            grad *= (coef * (mass + z_grad) * st.inv_s)[..., None]
             q *= coef[..., None]
             grad -= q
+            _cap_slope(grad, u)
             grad[~st.finite] = np.nan
             _rows(grad_out, sa, sb)[...] = grad

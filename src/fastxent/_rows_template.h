@@ -217,3 +217,63 @@ FX_CLONES static void FX_NAME(fx_row_dense_grad)(FX_T *g, const FX_T *t, ptrdiff
         for (i = 0; i < n; i++)
             g[i] = (FX_T)(a * (double)g[i] - b * ((keep * (double)t[i] + spread) * w[i]));
 }
+
+/* ---------------------------------------------------------------------------------------
+ * Logit softcap (v = s tanh(x / s)), for contiguous rows: see the z-loss/softcap section of
+ * _kernels_c.pyx. tanh(u) = sign(u) (1 - e) / (1 + e) and 1 - tanh^2(u) = 4 e / (1 + e)^2 with
+ * e = exp(-2|u|) from fx_exp_neg_f64: one exp per element for both, vectorisable.
+ * --------------------------------------------------------------------------------------- */
+#ifndef FX_CAP_DEFINED_
+#define FX_CAP_DEFINED_
+static inline double fx_cap_e(double x, double s, double *slope)
+{
+    double u = x / s;
+    double e = fx_exp_neg_f64(-2.0 * fabs(u), 0.0);
+    double t = (1.0 - e) / (1.0 + e);
+    *slope = 4.0 * e / ((1.0 + e) * (1.0 + e));
+    return u == u ? copysign(s * t, u) : u;
+}
+#endif
+
+/* sum_i exp(v_i - m) - 1 without the 1 of the maximum, m = cap(m_raw) (stored in *m_out),
+ * m_raw the row's raw maximum: the terms with x_i == m_raw are counted, not summed (compared
+ * raw, so the count does not depend on how the cap rounds). */
+FX_CLONES static double FX_NAME(fx_row_cap_exp_sum)(const FX_T *x, ptrdiff_t n, double s,
+                                                    double m_raw, double *m_out)
+{
+    double acc[FX_LANES], count[FX_LANES], tail = 0.0, tail_count = 0.0, slope;
+    double m = fx_cap_e(m_raw, s, &slope);
+    ptrdiff_t i = 0;
+    int j;
+    for (j = 0; j < FX_LANES; j++) { acc[j] = 0.0; count[j] = 0.0; }
+    for (; i + FX_LANES <= n; i += FX_LANES)
+        for (j = 0; j < FX_LANES; j++) {
+            double v = fx_cap_e((double)x[i + j], s, &slope);
+            double e = fx_exp_shifted_f64(v, m);
+            int at_max = (double)x[i + j] == m_raw;
+            acc[j] += at_max ? 0.0 : e;
+            count[j] += at_max ? 1.0 : 0.0;
+        }
+    for (; i < n; i++) {
+        double v = fx_cap_e((double)x[i], s, &slope);
+        double e = fx_exp_shifted_f64(v, m);
+        if ((double)x[i] == m_raw) tail_count += 1.0; else tail += e;
+    }
+    *m_out = m;
+    return (fx_combine(acc) + tail) + ((fx_combine(count) + tail_count) - 1.0);
+}
+
+/* g_i = (a exp(v_i - m) - b q_i) * dv_i/dx_i, q_i = (t ? keep t_i + spread : 1) * (w ? w_i : 1);
+ * g may be x (each element is read before it is written). */
+FX_CLONES static void FX_NAME(fx_row_cap_grad)(const FX_T *x, FX_T *g, ptrdiff_t n, double s,
+                                               double m, double a, double b, const FX_T *t,
+                                               double keep, double spread, const double *w)
+{
+    ptrdiff_t i;
+    for (i = 0; i < n; i++) {
+        double slope;
+        double v = fx_cap_e((double)x[i], s, &slope);
+        double q = (t != NULL ? keep * (double)t[i] + spread : 1.0) * (w != NULL ? w[i] : 1.0);
+        g[i] = (FX_T)((a * fx_exp_shifted_f64(v, m) - b * q) * slope);
+    }
+}

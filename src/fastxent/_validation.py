@@ -154,6 +154,30 @@ def label_smoothing(value: Any) -> float:
     return value
 
 
+def z_loss(value: Any) -> float:
+    """The z-loss coefficient: a finite real >= 0 (0 turns it off)."""
+    if type(value) is float and 0.0 <= value < float("inf"):  # the common case, checked fast
+        return value
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"z_loss must be a real number; got {value!r}")
+    value = float(value)
+    if not 0.0 <= value < float("inf"):
+        raise ValueError(f"z_loss must be finite and >= 0; got {value!r}")
+    return value
+
+
+def softcap(value: Any) -> float:
+    """The logit softcap as the kernels take it: None -> 0.0 (no cap), else a finite real > 0."""
+    if value is None:
+        return 0.0
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"softcap must be None or a real number; got {value!r}")
+    value = float(value)
+    if not 0.0 < value < float("inf"):
+        raise ValueError(f"softcap must be None or finite and > 0; got {value!r}")
+    return value
+
+
 def ignore_index(value: Any) -> int:
     if type(value) is int and _INT64_MIN <= value <= _INT64_MAX:  # the common case, checked fast
         return value

@@ -1,0 +1,349 @@
+"""Fused linear layer + cross-entropy for large vocabularies, never materialising the logits.
+
+``linear_cross_entropy(hidden, weight, target)`` is ``cross_entropy(hidden @ weight.T + bias,
+target)`` for hidden ``(N, H)``, weight ``(V, H)``, integer target ``(N,)``. The rows are done in
+chunks of ``R`` rows; for each chunk:
+
+1. ``buf = hidden[r0:r1] @ weight.T (+ bias)``: one matrix product into a reusable ``(R, V)``
+   buffer (BLAS, through NumPy's ``matmul``, with BLAS's own threads);
+2. the fused cross-entropy kernel (``sparse_xent``, the one behind ``cross_entropy``) turns the
+   buffer into the per-row losses and, in place, into the gradient w.r.t. the logits
+   ``G = d loss / d logits`` (OpenMP threads, between BLAS calls, never at the same time);
+3. ``grad_hidden[r0:r1] = G @ weight`` (written in place), and ``grad_weight += G.T @ hidden[r0:r1]``
+   in blocks of vocabulary rows, through a small ``(Vb, H)`` temporary (NumPy's matmul cannot
+   accumulate); ``grad_bias += G.sum(0)``.
+
+Chunk rule (``chunk_size=None``), with ``b`` the item size (4 or 8) and the scratch budget
+``CHUNK_BUDGET`` = 24 MiB: three quarters for the logits buffer, one quarter for the gradient
+temporary,
+
+    R  = min(N, max(8, floor(0.75 * budget / (V * b)) rounded down to a multiple of 8))
+    Vb = min(V, max(64, floor(0.25 * budget / (H * b))))
+
+so the scratch stays near 24 MiB whatever N (for V = 32000 float32, R = 144). When fewer than
+``ROW_PATH_MIN_ROWS`` = 64 rows fit (and N is larger), accumulating ``grad_weight`` once per
+short chunk would cost more than computing the logits twice, and the vocabulary-chunked path
+(``_vocab_chunked``) is taken, with all N rows and
+
+    Vb = min(V, max(1024, floor(0.25 * budget / (N * b))))
+
+vocabulary columns at a time (for (512, 128256) float32: Vb = 3072, about 10 MiB of scratch).
+An explicit ``chunk_size`` sets R and always takes the row path.
+
+The same code runs on both backends: the fallback's ``sparse_xent`` chunks in NumPy too.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from . import _backend
+from . import _validation as check
+from ._api import _scalar, _threads
+
+__all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad", "CHUNK_BUDGET", "chunk_rows"]
+
+ArrayLike = Any
+
+#: scratch bytes a call aims for (logits buffer + gradient temporary), see the module docstring
+CHUNK_BUDGET = 24 * 2**20
+#: below this many rows per chunk (and fewer than N), the vocabulary-chunked path is used
+ROW_PATH_MIN_ROWS = 64
+#: the vocabulary-chunked path: at least this many columns per chunk, from this budget fraction
+VOCAB_MIN_COLUMNS = 1024
+VOCAB_BUDGET_FRACTION = 0.25
+
+
+def chunk_rows(n_rows: int, vocab: int, itemsize: int, budget: int | None = None) -> int:
+    """R, the rows of logits computed at a time (see the module docstring)."""
+    budget = CHUNK_BUDGET if budget is None else budget
+    rows = int(0.75 * budget) // max(vocab * itemsize, 1)
+    rows = max(8, rows - rows % 8)
+    return max(1, min(n_rows, rows))
+
+
+def _vocab_block(vocab: int, hidden: int, itemsize: int, budget: int | None = None) -> int:
+    """Vb, the vocabulary rows of grad_weight accumulated through one temporary."""
+    budget = CHUNK_BUDGET if budget is None else budget
+    return max(1, min(vocab, max(64, int(0.25 * budget) // max(hidden * itemsize, 1))))
+
+
+def _float_matrix(value: Any, name: str) -> tuple[np.ndarray, np.dtype]:
+    arr, result = check.float_array(value, name)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D; got shape {arr.shape}")
+    return arr, result
+
+
+def _chunk_size(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"chunk_size must be None or an integer; got {value!r}")
+    if value < 1:
+        raise ValueError(f"chunk_size must be >= 1; got {value!r}")
+    return int(value)
+
+
+def _linear_call(hidden, weight, target, bias, ignore_index, reduction, label_smoothing, z_loss,
+                 softcap, chunk_size, n_threads, with_grad, grad_output=1.0):
+    h, res_h = _float_matrix(hidden, "hidden")
+    w, res_w = _float_matrix(weight, "weight")
+    if h.shape[1] != w.shape[1]:
+        raise ValueError(
+            f"hidden shape {h.shape} and weight shape {w.shape} do not match: expected "
+            f"hidden (N, H) and weight (V, H) with the same H"
+        )
+    n, vocab = h.shape[0], w.shape[0]
+    if vocab == 0:
+        raise ValueError(f"weight shape {w.shape} has zero classes (V == 0)")
+    compute = np.promote_types(h.dtype, w.dtype)
+    result = np.promote_types(res_h, res_w)
+    h = check.kernel_ready(h.astype(compute, copy=False))
+    w = check.kernel_ready(w.astype(compute, copy=False))
+    b = None
+    if bias is not None:
+        b_arr, _ = check.float_array(bias, "bias")
+        if b_arr.shape != (vocab,):
+            raise ValueError(f"bias must have shape ({vocab},) to match weight {w.shape}; "
+                             f"got {b_arr.shape}")
+        b = b_arr.astype(compute, copy=False)
+    labels = check.sparse_labels(target, (n,), "logits", (n, vocab), "target")
+    reduction = check.reduction(reduction)
+    smoothing = check.label_smoothing(label_smoothing)
+    z = check.z_loss(z_loss)
+    cap = check.softcap(softcap)
+    ignore = check.ignore_index(ignore_index)
+    rows = _chunk_size(chunk_size)
+    nt = _threads(n_threads)
+    kernels = _backend.kernels
+
+    labels2 = labels.reshape(n, 1)
+    n_bad, counted = kernels.sparse_label_check(labels2, vocab, ignore, True, None, nt)
+    if n_bad:
+        raise check.bad_label_error(labels, vocab, ignore)
+    denominator = counted if reduction == "mean" else 1.0
+
+    grad_scale, grad_rows = 1.0, None
+    if with_grad:
+        grad_scale, per_row = check.grad_output(grad_output, reduction, (n,))
+        if per_row is not None:
+            grad_rows = per_row.reshape(n, 1)
+        if denominator != 0.0:
+            grad_scale = grad_scale / denominator
+        else:
+            grad_scale = 0.0  # mean with every target ignored: the gradients are all zeros
+
+    if rows is None:
+        rows = chunk_rows(n, vocab, compute.itemsize)
+        if rows < min(n, ROW_PATH_MIN_ROWS):
+            return _vocab_chunked(h, w, b, labels, ignore, smoothing, z, cap, reduction,
+                                  denominator, with_grad, grad_scale, grad_rows, result, nt)
+    rows = min(rows, n)
+    loss_rows = np.empty((n, 1), dtype=np.float64)
+    grad_h = grad_w = grad_b = tmp = None
+    if with_grad:
+        grad_h = np.empty(h.shape, dtype=compute)
+        grad_w = np.zeros(w.shape, dtype=compute) if n == 0 else np.empty(w.shape, dtype=compute)
+        if b is not None:
+            grad_b = np.zeros(vocab, dtype=np.float64)
+    buf = np.empty((max(rows, 1), vocab), dtype=compute)
+    extra = {"z_loss": z, "softcap": cap} if (z or cap) else {}
+    vb = _vocab_block(vocab, h.shape[1], compute.itemsize)
+    for r0 in range(0, n, max(rows, 1)):
+        r1 = min(n, r0 + rows)
+        logits = buf[: r1 - r0]
+        h_c = h[r0:r1]
+        np.matmul(h_c, w.T, out=logits)
+        if b is not None:
+            logits += b
+        kernels.sparse_xent(
+            logits[:, :, None], labels2[r0:r1], None, ignore, True, smoothing, loss_rows[r0:r1],
+            logits[:, :, None] if with_grad else None, grad_scale,
+            None if grad_rows is None else grad_rows[r0:r1], nt, **extra)
+        if not with_grad:
+            continue
+        np.matmul(logits, w, out=grad_h[r0:r1])
+        if r0 == 0:
+            np.matmul(logits.T, h_c, out=grad_w)
+        else:
+            if tmp is None:
+                tmp = np.empty((vb, h.shape[1]), dtype=compute)
+            for v0 in range(0, vocab, vb):
+                v1 = min(vocab, v0 + vb)
+                t = tmp[: v1 - v0]
+                np.matmul(logits[:, v0:v1].T, h_c, out=t)
+                grad_w[v0:v1] += t
+        if grad_b is not None:
+            grad_b += logits.sum(axis=0, dtype=np.float64)
+    del buf, tmp
+
+    return _finish(loss_rows[:, 0], reduction, denominator, result, with_grad, compute,
+                   grad_h, grad_w, grad_b)
+
+
+def _finish(loss_rows, reduction, denominator, result, with_grad, compute, grad_h, grad_w, grad_b):
+    if reduction == "none":
+        with np.errstate(over="ignore"):
+            loss = loss_rows.astype(result)
+    else:
+        total = float(loss_rows.sum())
+        if reduction == "mean":
+            total = total / denominator if denominator != 0.0 else float("nan")
+        loss = _scalar(total, result)
+    if not with_grad:
+        return loss
+    grads = [grad_h, grad_w] + ([grad_b.astype(compute)] if grad_b is not None else [])
+    if result != compute:
+        grads = [g.astype(result) for g in grads]
+    return (loss, *grads)
+
+
+def _vocab_chunked(h, w, b, labels, ignore, smoothing, z, cap, reduction, denominator, with_grad,
+                   grad_scale, grad_rows, result, nt):
+    """The vocabulary-chunked path, for vocabularies so large that a row chunk within the budget
+    would be too short for BLAS to accumulate ``grad_weight`` efficiently (see the module
+    docstring). All N rows, ``Vb`` vocabulary columns at a time, in two passes:
+
+    1. ``L = hidden @ weight[v].T``, per-row log-sum-exp of the chunk (the ``logsumexp`` kernel),
+       combined across chunks in float64 (``logaddexp``); the label's logit and, for label
+       smoothing, the row sums are picked up on the way;
+    2. ``L`` again, turned in place into ``G = coef ((1 + 2 z lse) p - eps / V - (1 - eps)
+       onehot) * cap'`` with ``p = exp(v - lse)``; then ``grad_hidden += G @ weight[v]`` (through
+       an ``(N, H)`` temporary) and ``grad_weight[v] = G.T @ hidden`` (written once).
+
+    One more product than the row path (the logits are computed twice) but no pass over
+    ``grad_weight`` per chunk. Softcap needs a second chunk buffer for tanh, so ``Vb`` is halved.
+    """
+    kernels = _backend.kernels
+    n, hidden = h.shape
+    vocab = w.shape[0]
+    dtype = h.dtype
+    vb = max(1, min(vocab, max(VOCAB_MIN_COLUMNS,
+                               int(VOCAB_BUDGET_FRACTION * CHUNK_BUDGET) // (n * dtype.itemsize))))
+    if cap:  # two chunk buffers (logits and tanh): half the columns each, the same scratch
+        vb = max(1, min(vocab, max(VOCAB_MIN_COLUMNS // 2, vb // 2)))
+    buf = np.empty((n, vb), dtype=dtype)
+    tbuf = np.empty((n, vb), dtype=dtype) if cap else None
+    lse_v = np.empty((n, 1), dtype=dtype)
+    lse = np.full(n, -np.inf)
+    x_y = np.zeros(n)
+    row_sum = np.zeros(n)
+    counted = labels != ignore if ignore is not None else np.ones(n, dtype=bool)
+    y = np.where(counted, labels, -1).astype(np.int64)
+
+    def logits(v0, v1, out):
+        np.matmul(h, w[v0:v1].T, out=out)
+        if b is not None:
+            out += b[v0:v1]
+        if cap:  # v = s tanh(x / s), in place; tanh(x / s) kept in tbuf for the slope
+            t = tbuf[:, : v1 - v0]
+            np.divide(out, cap, out=t)
+            np.tanh(t, out=t)
+            np.multiply(t, cap, out=out)
+        return out
+
+    def label_rows(v0, v1):
+        rows = np.flatnonzero((y >= v0) & (y < v1))
+        return rows, y[rows] - v0
+
+    with np.errstate(all="ignore"):
+        for v0 in range(0, vocab, vb):  # pass 1: lse, the label's logit, row sums
+            v1 = min(vocab, v0 + vb)
+            chunk = logits(v0, v1, buf[:, : v1 - v0])
+            rows, cols = label_rows(v0, v1)
+            x_y[rows] = chunk[rows, cols]
+            if smoothing:
+                row_sum += chunk.sum(axis=1, dtype=np.float64)
+            kernels.logsumexp(chunk[:, :, None], lse_v, nt)
+            np.logaddexp(lse, lse_v[:, 0], out=lse)
+        bad = ~np.isfinite(lse)
+        loss_rows = (1.0 - smoothing) * (lse - x_y) + z * lse * lse
+        if smoothing:
+            loss_rows += smoothing / vocab * (vocab * lse - row_sum)
+        loss_rows[~counted] = 0.0
+        loss_rows[counted & bad] = np.nan
+
+    grad_h = grad_w = grad_b = None
+    if with_grad:
+        grad_h = np.empty((n, hidden), dtype=dtype)
+        grad_w = np.empty(w.shape, dtype=dtype)
+        grad_b = np.zeros(vocab) if b is not None else None
+        tmp = np.empty((n, hidden), dtype=dtype) if vocab > vb else None
+        coef = np.full(n, grad_scale) if grad_rows is None else grad_scale * grad_rows[:, 0]
+        coef = np.where(counted, coef, 0.0)
+        scale = (coef * (1.0 + 2.0 * z * lse))[:, None]
+        spread = (coef * (smoothing / vocab))[:, None]
+        with np.errstate(all="ignore"):
+            for v0 in range(0, vocab, vb):  # pass 2: the gradients
+                v1 = min(vocab, v0 + vb)
+                g = logits(v0, v1, buf[:, : v1 - v0])
+                np.subtract(g, lse[:, None], out=g)  # in float64, rounded once
+                np.exp(g, out=g)
+                np.multiply(g, scale, out=g)
+                if smoothing:
+                    np.subtract(g, spread, out=g)
+                rows, cols = label_rows(v0, v1)
+                g[rows, cols] -= (coef[rows] * (1.0 - smoothing)).astype(dtype)
+                if cap:  # times d v / d x = 1 - tanh^2(x / s)
+                    t = tbuf[:, : v1 - v0]
+                    np.multiply(t, t, out=t)
+                    np.subtract(1.0, t, out=t)
+                    g *= t
+                g[bad & counted] = np.nan
+                if v0 == 0:
+                    np.matmul(g, w[v0:v1], out=grad_h)
+                else:
+                    np.matmul(g, w[v0:v1], out=tmp)
+                    grad_h += tmp
+                np.matmul(g.T, h, out=grad_w[v0:v1])
+                if grad_b is not None:
+                    grad_b[v0:v1] = g.sum(axis=0, dtype=np.float64)
+        if n == 0:
+            grad_w[...] = 0.0
+    return _finish(loss_rows, reduction, denominator, result, with_grad, dtype, grad_h, grad_w,
+                   grad_b)
+
+
+def linear_cross_entropy(hidden: ArrayLike, weight: ArrayLike, target: ArrayLike, *,
+                         bias: ArrayLike | None = None, ignore_index: int = -100,
+                         reduction: str = "mean", label_smoothing: float = 0.0,
+                         z_loss: float = 0.0, softcap: float | None = None,
+                         chunk_size: int | None = None,
+                         n_threads: int | None = None) -> np.ndarray | np.generic:
+    """``cross_entropy(hidden @ weight.T + bias, target, ...)`` without the ``(N, V)`` logits.
+
+    hidden ``(N, H)``, weight ``(V, H)`` (the output layer, PyTorch's ``nn.Linear(H, V).weight``),
+    bias ``(V,)`` or None, integer target ``(N,)``. ``ignore_index``, ``reduction``,
+    ``label_smoothing``, ``z_loss`` and ``softcap`` mean what they mean in ``cross_entropy``.
+    The logits are computed ``chunk_size`` rows at a time (default: from a 24 MiB budget, see
+    ``fastxent._linear``); ``n_threads`` caps the cross-entropy kernel's threads (BLAS uses its
+    own, set them with threadpoolctl).
+
+    >>> h = np.array([[1.0, 0.0], [0.0, 1.0]]); w = np.array([[1.0, 2.0], [3.0, 0.0], [0.0, 1.0]])
+    >>> linear_cross_entropy(h, w, [0, 2])
+    np.float64(1.7887259920003329)
+    """
+    return _linear_call(hidden, weight, target, bias, ignore_index, reduction, label_smoothing,
+                        z_loss, softcap, chunk_size, n_threads, with_grad=False)
+
+
+def linear_cross_entropy_with_grad(hidden: ArrayLike, weight: ArrayLike, target: ArrayLike, *,
+                                   bias: ArrayLike | None = None, ignore_index: int = -100,
+                                   reduction: str = "mean", label_smoothing: float = 0.0,
+                                   z_loss: float = 0.0, softcap: float | None = None,
+                                   grad_output: ArrayLike = 1.0, chunk_size: int | None = None,
+                                   n_threads: int | None = None) -> tuple[Any, ...]:
+    """``(loss, grad_hidden, grad_weight)``, plus ``grad_bias`` when ``bias`` is given: the loss of
+    ``linear_cross_entropy`` and the gradients of ``grad_output * loss``, fused chunk by chunk.
+
+    ``grad_output`` is a scalar for ``mean``/``sum`` and an array of shape ``(N,)`` for ``none``.
+    The gradients have the dtype of the computation (float32 when both hidden and weight are
+    float32, else float64; float16 inputs give float16).
+    """
+    return _linear_call(hidden, weight, target, bias, ignore_index, reduction, label_smoothing,
+                        z_loss, softcap, chunk_size, n_threads, with_grad=True,
+                        grad_output=grad_output)

@@ -1,0 +1,295 @@
+"""z-loss and logit softcap on cross_entropy, cross_entropy_with_grad and CrossEntropyLoss.
+
+The reference is the plain float64 formula (NumPy), written independently of the kernels:
+v = s tanh(x / s) (or x), lse = logsumexp(v), loss = cross-entropy of v + z lse^2; the gradient
+is checked against the analytic formula, against finite differences, and against PyTorch.
+"""
+
+import numpy as np
+import pytest
+
+import fastxent
+
+RTOL = {np.float32: 2e-6, np.float64: 1e-13}
+
+
+def _lse(v):
+    m = np.max(v, axis=1, keepdims=True)
+    return (m + np.log(np.sum(np.exp(v - m), axis=1, keepdims=True)))[:, 0]
+
+
+def reference(x, target, *, weight=None, ignore_index=-100, label_smoothing=0.0, z_loss=0.0,
+              softcap=None):
+    """(per-row losses, per-row gradient d l_n / d x_n, mean denominator) in float64, (N, C)."""
+    x = np.asarray(x, dtype=np.float64)
+    n, c = x.shape
+    w = np.ones(c) if weight is None else np.asarray(weight, dtype=np.float64)
+    v = x if softcap is None else softcap * np.tanh(x / softcap)
+    slope = np.ones_like(x) if softcap is None else 1.0 / np.cosh(x / softcap) ** 2
+    lse = _lse(v)
+    logp = v - lse[:, None]
+    p = np.exp(logp)
+    eps = label_smoothing
+    target = np.asarray(target)
+    if target.dtype.kind in "iu":
+        keep = target != ignore_index
+        y = np.where(keep, target, 0)
+        w_y = w[y]
+        onehot = np.eye(c)[y]
+        loss = ((1 - eps) * w_y * -logp[np.arange(n), y]
+                + eps / c * np.sum(w * -logp, axis=1) + z_loss * lse**2)
+        dv = ((1 - eps) * w_y[:, None] * (p - onehot) + eps / c * (w.sum() * p - w)
+              + 2 * z_loss * lse[:, None] * p)
+        loss = np.where(keep, loss, 0.0)
+        dv = np.where(keep[:, None], dv, 0.0)
+        denominator = float(np.sum(w_y[keep]))
+    else:
+        q = ((1 - eps) * target + eps / c) * w
+        loss = np.sum(q * -logp, axis=1) + z_loss * lse**2
+        dv = q.sum(axis=1, keepdims=True) * p - q + 2 * z_loss * lse[:, None] * p
+        denominator = float(n)
+    return loss, dv * slope, denominator
+
+
+def _case(rng, n=9, c=40, scale=4.0):
+    x = rng.standard_normal((n, c)) * scale
+    y = rng.integers(0, c, n)
+    y[1] = -100
+    return x, y
+
+
+EXTRAS = [dict(z_loss=1e-3), dict(softcap=3.0), dict(z_loss=0.05, softcap=1.5)]
+
+
+@pytest.mark.parametrize("extra", EXTRAS, ids=str)
+@pytest.mark.parametrize("n_classes", [5, 40])  # tile path (C <= 32) and row path
+@pytest.mark.parametrize("options", [dict(), dict(label_smoothing=0.2),
+                                     dict(weight="w", label_smoothing=0.1)], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_index_targets_match_float64_formula(backend, dtype, extra, n_classes, options, reduction):
+    rng = np.random.default_rng(1)
+    x, y = _case(rng, c=n_classes)
+    x = x.astype(dtype)
+    options = dict(options)
+    if options.get("weight") == "w":
+        options["weight"] = rng.uniform(0.5, 2.0, n_classes)
+    loss_rows, grad_rows, den = reference(x, y, **options, **extra)
+    go = rng.uniform(0.5, 2.0, len(y)) if reduction == "none" else 1.5
+    loss, grad = fastxent.cross_entropy_with_grad(x, y, reduction=reduction, grad_output=go,
+                                                  **options, **extra)
+    if reduction == "none":
+        want_loss, want_grad = loss_rows, grad_rows * go[:, None]
+    elif reduction == "sum":
+        want_loss, want_grad = loss_rows.sum(), grad_rows * go
+    else:
+        want_loss, want_grad = loss_rows.sum() / den, grad_rows * go / den
+    assert np.asarray(loss).dtype == dtype and grad.dtype == dtype
+    np.testing.assert_allclose(loss, want_loss, rtol=RTOL[dtype], atol=0)
+    np.testing.assert_allclose(grad, want_grad, rtol=RTOL[dtype] * 10,
+                               atol=RTOL[dtype] * np.abs(want_grad).max())
+    alone = fastxent.cross_entropy(x, y, reduction=reduction, **options, **extra)
+    np.testing.assert_array_equal(alone, loss)
+
+
+@pytest.mark.parametrize("extra", EXTRAS, ids=str)
+@pytest.mark.parametrize("n_classes", [6, 50])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.3])
+def test_probability_targets_match_float64_formula(backend, dtype, extra, n_classes,
+                                                   label_smoothing):
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((7, n_classes)) * 3).astype(dtype)
+    t = rng.dirichlet(np.ones(n_classes), 7).astype(dtype)
+    w = rng.uniform(0.5, 2.0, n_classes)
+    loss_rows, grad_rows, den = reference(x, t, weight=w, label_smoothing=label_smoothing, **extra)
+    loss, grad = fastxent.cross_entropy_with_grad(x, t, weight=w, label_smoothing=label_smoothing,
+                                                  **extra)
+    np.testing.assert_allclose(loss, loss_rows.sum() / den, rtol=RTOL[dtype])
+    np.testing.assert_allclose(grad, grad_rows / den, rtol=RTOL[dtype] * 10,
+                               atol=RTOL[dtype] * np.abs(grad_rows).max())
+
+
+@pytest.mark.parametrize("extra", EXTRAS, ids=str)
+@pytest.mark.parametrize("sparse", [True, False])
+def test_gradient_matches_finite_differences(backend, extra, sparse):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 7)) * 2
+    target = np.array([0, 3, -100, 6]) if sparse else rng.dirichlet(np.ones(7), 4)
+    _, grad = fastxent.cross_entropy_with_grad(x, target, label_smoothing=0.1, **extra)
+    h = 1e-6
+    numeric = np.zeros_like(x)
+    for idx in np.ndindex(*x.shape):
+        up, down = x.copy(), x.copy()
+        up[idx] += h
+        down[idx] -= h
+        numeric[idx] = (fastxent.cross_entropy(up, target, label_smoothing=0.1, **extra)
+                        - fastxent.cross_entropy(down, target, label_smoothing=0.1, **extra)) / (2 * h)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_defaults_are_the_plain_path_bit_for_bit(backend, dtype):
+    rng = np.random.default_rng(4)
+    for c in (5, 300):
+        x, y = _case(rng, n=33, c=c)
+        x = x.astype(dtype)
+        plain = fastxent.cross_entropy_with_grad(x, y, label_smoothing=0.1)
+        explicit = fastxent.cross_entropy_with_grad(x, y, label_smoothing=0.1, z_loss=0.0,
+                                                    softcap=None)
+        np.testing.assert_array_equal(plain[0], explicit[0])
+        np.testing.assert_array_equal(plain[1], explicit[1])
+
+
+def test_ignored_rows_get_no_z_loss(backend):
+    x = np.array([[1.0, 2.0, 3.0], [10.0, 0.0, 0.0]])
+    loss, grad = fastxent.cross_entropy_with_grad(x, [0, -100], reduction="none", z_loss=0.5)
+    assert loss[1] == 0.0 and np.all(grad[1] == 0.0)
+    lse = np.log(np.exp(x[0]).sum())
+    np.testing.assert_allclose(loss[0], lse - 1.0 + 0.5 * lse**2, rtol=1e-14)
+    mean = fastxent.cross_entropy(x, [0, -100], z_loss=0.5)
+    np.testing.assert_allclose(mean, loss[0], rtol=1e-14)  # divided by one counted row
+
+
+def test_z_loss_is_not_weighted_by_class_weight(backend):
+    x = np.array([[1.0, 2.0, 3.0]])
+    w = np.array([0.0, 1.0, 1.0])
+    lse = np.log(np.exp(x[0]).sum())
+    loss = fastxent.cross_entropy(x, [0], weight=w, reduction="sum", z_loss=0.25)
+    np.testing.assert_allclose(loss, 0.25 * lse**2, rtol=1e-14)
+
+
+def test_z_loss_with_all_targets_ignored_is_nan_with_zero_gradient(backend):
+    x = np.array([[1.0, 2.0], [3.0, 4.0]])
+    loss, grad = fastxent.cross_entropy_with_grad(x, [-100, -100], z_loss=0.1, softcap=2.0)
+    assert np.isnan(loss) and np.all(grad == 0.0)
+
+
+def test_softcap_bounds_infinite_logits(backend, dtype):
+    x = np.array([[np.inf, 0.0, -np.inf], [-np.inf, -np.inf, -np.inf], [np.nan, 1.0, 2.0],
+                  [1.0, 2.0, 3.0]], dtype=dtype)
+    y = np.array([0, 1, 2, 0])
+    loss, grad = fastxent.cross_entropy_with_grad(x, y, reduction="none", softcap=5.0)
+    v = np.array([5.0, 0.0, -5.0])
+    np.testing.assert_allclose(loss[0], np.log(np.exp(v).sum()) - 5.0, rtol=RTOL[dtype])
+    assert grad[0, 0] == 0.0 and grad[0, 2] == 0.0  # the cap is flat at +-inf
+    np.testing.assert_allclose(loss[1], np.log(3.0), rtol=RTOL[dtype])  # all capped to -5
+    assert np.isnan(loss[2]) and np.all(np.isnan(grad[2]))  # NaN stays NaN, that row only
+    assert np.isfinite(loss[3]) and np.all(np.isfinite(grad[3]))
+
+
+def test_without_softcap_infinite_rows_stay_nan_with_z_loss(backend):
+    x = np.array([[np.inf, 0.0], [-np.inf, -np.inf], [0.0, -np.inf]])
+    loss, grad = fastxent.cross_entropy_with_grad(x, [1, 0, 0], reduction="none", z_loss=0.1)
+    assert np.isnan(loss[0]) and np.isnan(loss[1]) and np.isfinite(loss[2])
+    assert grad[2, 1] == 0.0
+
+
+def test_in_place_gradient_equals_out_of_place(backend, dtype):
+    rng = np.random.default_rng(5)
+    for c in (5, 70):
+        x, y = _case(rng, n=20, c=c)
+        x = x.astype(dtype)
+        for sparse in (True, False):
+            target = y if sparse else rng.dirichlet(np.ones(c), 20).astype(dtype)
+            kwargs = dict(z_loss=0.01, softcap=2.0, label_smoothing=0.1)
+            loss, grad = fastxent.cross_entropy_with_grad(x, target, **kwargs)
+            buf = x.copy()
+            loss2, grad2 = fastxent.cross_entropy_with_grad(buf, target, out=buf, **kwargs)
+            assert grad2 is buf
+            np.testing.assert_array_equal(grad, grad2)
+            assert loss == loss2
+
+
+def test_spatial_input_with_class_axis_1(backend, dtype):
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal((3, 6, 4, 5)) * 3).astype(dtype)
+    y = rng.integers(0, 6, (3, 4, 5))
+    loss, grad = fastxent.cross_entropy_with_grad(x, y, reduction="none", z_loss=0.02, softcap=2.5)
+    flat = np.moveaxis(x, 1, -1).reshape(-1, 6)
+    want, want_grad, _ = reference(flat, y.reshape(-1), z_loss=0.02, softcap=2.5)
+    np.testing.assert_allclose(loss.reshape(-1), want, rtol=RTOL[dtype])
+    np.testing.assert_allclose(np.moveaxis(grad, 1, -1).reshape(-1, 6), want_grad,
+                               rtol=RTOL[dtype] * 10, atol=RTOL[dtype])
+
+
+def test_same_bits_for_every_thread_count(dtype):
+    rng = np.random.default_rng(7)
+    x, y = _case(rng, n=3000, c=100)
+    x = x.astype(dtype)
+    results = [fastxent.cross_entropy_with_grad(x, y, z_loss=1e-3, softcap=4.0, n_threads=t)
+               for t in (1, 2, 3)]
+    for loss, grad in results[1:]:
+        assert loss == results[0][0]
+        np.testing.assert_array_equal(grad, results[0][1])
+
+
+def test_cross_entropy_loss_object_carries_z_loss_and_softcap(backend):
+    rng = np.random.default_rng(8)
+    x, y = _case(rng)
+    fn = fastxent.CrossEntropyLoss(z_loss=1e-2, softcap=3.0, label_smoothing=0.1)
+    assert "z_loss=0.01" in repr(fn) and "softcap=3.0" in repr(fn)
+    want = fastxent.cross_entropy(x, y, z_loss=1e-2, softcap=3.0, label_smoothing=0.1)
+    assert fn(x, y) == want
+    loss, grad = fn.with_grad(x, y)
+    assert loss == want
+    np.testing.assert_array_equal(
+        grad, fastxent.cross_entropy_with_grad(x, y, z_loss=1e-2, softcap=3.0,
+                                               label_smoothing=0.1)[1])
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
+def test_bad_z_loss_raises_value_error(backend, bad):
+    with pytest.raises(ValueError, match="z_loss"):
+        fastxent.cross_entropy(np.zeros((2, 3)), [0, 1], z_loss=bad)
+    with pytest.raises(ValueError, match="z_loss"):
+        fastxent.CrossEntropyLoss(z_loss=bad)
+
+
+@pytest.mark.parametrize("bad", [0.0, -2.0, float("nan"), float("inf")])
+def test_bad_softcap_raises_value_error(backend, bad):
+    with pytest.raises(ValueError, match="softcap"):
+        fastxent.cross_entropy_with_grad(np.zeros((2, 3)), [0, 1], softcap=bad)
+    with pytest.raises(ValueError, match="softcap"):
+        fastxent.CrossEntropyLoss(softcap=bad)
+
+
+@pytest.mark.parametrize("name, bad", [("z_loss", "0.1"), ("z_loss", True), ("softcap", "3"),
+                                       ("softcap", [1.0])])
+def test_non_numeric_z_loss_or_softcap_raises_type_error(backend, name, bad):
+    with pytest.raises(TypeError, match=name):
+        fastxent.cross_entropy(np.zeros((2, 3)), [0, 1], **{name: bad})
+
+
+# ------------------------------------------------------------------------------------------
+# PyTorch parity: the same terms written in PyTorch, float64
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra", EXTRAS, ids=str)
+@pytest.mark.parametrize("n_classes", [7, 100])
+@pytest.mark.parametrize("sparse", [True, False])
+def test_matches_pytorch_written_terms(backend, dtype, extra, n_classes, sparse):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal((16, n_classes)) * 4).astype(dtype)
+    w = rng.uniform(0.5, 2.0, n_classes)
+    if sparse:
+        target = rng.integers(0, n_classes, 16)
+        target[[2, 5]] = -100
+    else:
+        target = rng.dirichlet(np.ones(n_classes), 16).astype(dtype)
+    z, s = extra.get("z_loss", 0.0), extra.get("softcap")
+
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    v = xt if s is None else s * torch.tanh(xt / s)
+    tt = torch.tensor(target) if sparse else torch.tensor(target, dtype=torch.float64)
+    wt = torch.tensor(w)
+    ce = F.cross_entropy(v, tt, weight=wt, label_smoothing=0.1, reduction="sum")
+    keep = (tt != -100) if sparse else torch.ones(16, dtype=torch.bool)
+    den = wt[tt[keep]].sum() if sparse else 16.0
+    loss_t = (ce + z * (torch.logsumexp(v, 1)[keep] ** 2).sum()) / den
+    loss_t.backward()
+
+    loss, grad = fastxent.cross_entropy_with_grad(x, target, weight=w, label_smoothing=0.1, **extra)
+    np.testing.assert_allclose(loss, loss_t.item(), rtol=RTOL[dtype] * 2)
+    g_ref = xt.grad.numpy()
+    np.testing.assert_allclose(grad, g_ref, rtol=RTOL[dtype] * 10,
+                               atol=RTOL[dtype] * np.abs(g_ref).max())
