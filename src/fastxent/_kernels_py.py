@@ -141,7 +141,11 @@ def sparse_label_check(labels, n_classes, ignore_index, has_ignore, weight, n_th
                                            ignore_index, has_ignore)
         n_bad += int(np.count_nonzero(bad))
         counted = ~(ignored | bad)
-        total += float(weight[idx[counted]].sum()) if weight is not None else float(counted.sum())
+        if weight is None:
+            total += float(counted.sum())
+        else:
+            with np.errstate(over="ignore"):  # an infinite total is rescaled by the caller
+                total += float(weight[idx[counted]].sum())
     return n_bad, total
 
 
