@@ -50,8 +50,10 @@ cdef extern from "_rows.h" nogil:
     double fx_row_exp_sum_f64(const double* x, Py_ssize_t n, double m, double* e)
     void fx_row_scale_f32(float* g, Py_ssize_t n, double factor)
     void fx_row_scale_f64(double* g, Py_ssize_t n, double factor)
-    double fx_row_weighted_shift_sum_f32(const float* x, Py_ssize_t n, double m, const double* w)
-    double fx_row_weighted_shift_sum_f64(const double* x, Py_ssize_t n, double m, const double* w)
+    double fx_row_weighted_shift_sum_f32(const float* x, Py_ssize_t n, double m, const double* w,
+                                         double k)
+    double fx_row_weighted_shift_sum_f64(const double* x, Py_ssize_t n, double m, const double* w,
+                                         double k)
     void fx_row_smooth_grad_f32(float* g, Py_ssize_t n, double coef_a, double coef_k, const double* w)
     void fx_row_smooth_grad_f64(double* g, Py_ssize_t n, double coef_a, double coef_k, const double* w)
     double fx_row_dense_dot_f32(const float* x, const float* t, Py_ssize_t n, double m, double keep,
@@ -446,22 +448,29 @@ cdef void _sparse_row(const floating* x, Py_ssize_t n, Py_ssize_t xs, Py_ssize_t
             _fill_row(g, n, gs, NAN)
         return
     if smoothing != 0.0:
-        # sum_c w_c (x_c - m), read before the gradient buffer (possibly x itself) is written.
+        # (eps / C) sum_c w_c (x_c - m) / 2, term by term (see fx_row_weighted_shift_sum), read
+        # before the gradient buffer (possibly x itself) is written.
         if xs == 1:
             if floating is float:
-                smooth_dot = fx_row_weighted_shift_sum_f32(x, n, m, weight)
+                smooth_dot = fx_row_weighted_shift_sum_f32(x, n, m, weight, smoothing / n)
             else:
-                smooth_dot = fx_row_weighted_shift_sum_f64(x, n, m, weight)
+                smooth_dot = fx_row_weighted_shift_sum_f64(x, n, m, weight, smoothing / n)
         else:
             for c in range(n):
                 w_c = weight[c] if weight != NULL else 1.0
                 if w_c != 0.0:
-                    smooth_dot += w_c * (x[c * xs] - m)
+                    smooth_dot += ((smoothing / n) * w_c) * (0.5 * x[c * xs] - 0.5 * m)
     s_rest = _row_sum_rest(x, n, xs, m, g, gs)
     log_s = log1p(s_rest)
     nll = log_s - (x_y - m)
     if smoothing != 0.0:
-        loss[0] = (1.0 - smoothing) * w_y * nll + (smoothing / n) * (weight_sum * log_s - smooth_dot)
+        # the label's term is left out when its factor is 0, unless the label's logit is -inf
+        # (0 * inf: NaN, as PyTorch): an nll that overflowed from finite logits counts nothing
+        if (1.0 - smoothing) * w_y != 0.0 or x_y == -INFINITY:
+            loss[0] = (1.0 - smoothing) * w_y * nll
+        else:
+            loss[0] = 0.0
+        loss[0] += (smoothing / n) * weight_sum * log_s - 2.0 * smooth_dot
     else:
         loss[0] = w_y * nll
     if z_loss != 0.0:

@@ -196,12 +196,16 @@ def sparse_xent(x, labels, weight, ignore_index, has_ignore, smoothing, loss_out
             w_y = w_all[idx]
             nll = st.log_s - shifted_y
             if smoothing != 0.0:
-                # sum_c w_c (x_c - m), with 0 * -inf = 0 for classes of weight 0
-                if weight is None:
-                    dot = st.shifted.sum(axis=-1)
-                else:
-                    dot = np.where(w_all != 0.0, st.shifted * w_all, 0.0).sum(axis=-1)
-                loss = (1.0 - smoothing) * w_y * nll + k * (weight_sum * st.log_s - dot)
+                # k sum_c w_c (x_c - m) / 2, term by term so that it overflows only where the loss
+                # does (x - m alone can), and 0 * -inf = 0 for classes of weight 0
+                half_shifted = np.multiply(xb, 0.5, dtype=np.float64) - 0.5 * st.m
+                dot = np.where(w_all != 0.0, (k * w_all) * half_shifted, 0.0).sum(axis=-1)
+                # the label's term is left out when its factor is 0, unless the label's logit
+                # is -inf (0 * inf: NaN, as PyTorch): an nll that overflowed counts nothing
+                label_coef = (1.0 - smoothing) * w_y
+                x_y = np.take_along_axis(xb, idx[..., None], axis=-1)[..., 0]
+                keep = (label_coef != 0.0) | (x_y == -np.inf)
+                loss = np.where(keep, label_coef * nll, 0.0) + (k * weight_sum * st.log_s - 2.0 * dot)
             else:
                 loss = w_y * nll
             if z_loss != 0.0:

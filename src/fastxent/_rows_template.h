@@ -95,27 +95,30 @@ FX_CLONES static void FX_NAME(fx_row_scale)(FX_T *g, ptrdiff_t n, double factor)
     for (i = 0; i < n; i++) g[i] = (FX_T)((double)g[i] * factor);
 }
 
-/* sum w_i (x_i - m) over i with w_i != 0 (all w_i = 1 when w is NULL): label smoothing */
+/* sum k w_i (x_i / 2 - m / 2) over i with w_i != 0 (all w_i = 1 when w is NULL): half the
+ * label-smoothing term k sum w_i (x_i - m), scaled term by term, so that it overflows only where
+ * the loss does (x_i - m alone overflows for logits of both signs near the largest double) */
 FX_CLONES static double FX_NAME(fx_row_weighted_shift_sum)(const FX_T *x, ptrdiff_t n, double m,
-                                                           const double *w)
+                                                           const double *w, double k)
 {
-    double acc[FX_LANES], tail = 0.0;
+    double acc[FX_LANES], tail = 0.0, half_m = 0.5 * m;
     ptrdiff_t i = 0;
     int j;
     for (j = 0; j < FX_LANES; j++) acc[j] = 0.0;
     if (w == NULL) {
         for (; i + FX_LANES <= n; i += FX_LANES)
-            for (j = 0; j < FX_LANES; j++) acc[j] += (double)x[i + j] - m;
-        for (; i < n; i++) tail += (double)x[i] - m;
+            for (j = 0; j < FX_LANES; j++) acc[j] += k * (0.5 * (double)x[i + j] - half_m);
+        for (; i < n; i++) tail += k * (0.5 * (double)x[i] - half_m);
     } else {
         for (; i + FX_LANES <= n; i += FX_LANES)
             for (j = 0; j < FX_LANES; j++) {
                 /* the product first, then the select: GCC 12 vectorises the conditional
                  * product (a masked reduction) wrongly for AVX2 and AVX-512 */
-                double term = w[i + j] * ((double)x[i + j] - m);
+                double term = (k * w[i + j]) * (0.5 * (double)x[i + j] - half_m);
                 acc[j] += w[i + j] != 0.0 ? term : 0.0;
             }
-        for (; i < n; i++) tail += w[i] != 0.0 ? w[i] * ((double)x[i] - m) : 0.0;
+        for (; i < n; i++)
+            tail += w[i] != 0.0 ? (k * w[i]) * (0.5 * (double)x[i] - half_m) : 0.0;
     }
     return fx_combine(acc) + tail;
 }
