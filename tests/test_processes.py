@@ -15,22 +15,30 @@ def _child_loss(queue, logits, labels):
     queue.put((float(loss), float(np.abs(grad).sum())))
 
 
+def _forked(target, args, timeout):
+    """Run target(queue, *args) in a forked process: (hung, exit code, queue). A child still
+    alive after ``timeout`` seconds is killed, so that a hang fails instead of blocking."""
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=target, args=(queue, *args))
+    child.start()
+    child.join(timeout)
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+        child.join()
+    return hung, child.exitcode, queue
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="fork start method is POSIX only")
 def test_forked_child_after_parallel_calls_does_not_hang(backend, dtype):
     rng = np.random.default_rng(3)
     logits = rng.standard_normal((20000, 64)).astype(dtype)
     labels = rng.integers(0, 64, 20000)
     parent = fastxent.cross_entropy_with_grad(logits, labels, n_threads=2)  # pool now in use
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    child = context.Process(target=_child_loss, args=(queue, logits, labels))
-    child.start()
-    child.join(60)
-    hung = child.is_alive()
-    if hung:
-        child.kill()
+    hung, exitcode, queue = _forked(_child_loss, (logits, labels), 60)
     assert not hung, "the forked child hung in an OpenMP parallel region"
-    assert child.exitcode == 0
+    assert exitcode == 0
     loss, grad_sum = queue.get(timeout=10)
     assert loss == float(parent[0])  # bitwise: results do not depend on the thread count
     assert grad_sum == float(np.abs(parent[1]).sum())
@@ -94,15 +102,8 @@ def _backend_parallel_used():
 
 
 def _grandchild(queue, logits, labels):
-    context = multiprocessing.get_context("fork")
-    inner = context.Queue()
-    child = context.Process(target=_child_loss, args=(inner, logits, labels))
-    child.start()
-    child.join(60)
-    alive = child.is_alive()
-    if alive:
-        child.kill()
-    queue.put(None if alive else inner.get(timeout=10))
+    hung, _, inner = _forked(_child_loss, (logits, labels), 60)
+    queue.put(None if hung else inner.get(timeout=10))
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="fork start method is POSIX only")
@@ -121,19 +122,12 @@ def test_fork_while_another_thread_runs_a_parallel_call_then_fork_again(backend)
     worker = threading.Thread(target=busy, daemon=True)
     worker.start()
     try:
-        context = multiprocessing.get_context("fork")
-        queue = context.Queue()
-        child = context.Process(target=_grandchild, args=(queue, logits, labels))
-        child.start()
-        child.join(120)
-        hung = child.is_alive()
-        if hung:
-            child.kill()
+        hung, exitcode, queue = _forked(_grandchild, (logits, labels), 120)
     finally:
         stop.set()
         worker.join(60)
     assert not hung, "the forked child hung"
-    assert child.exitcode == 0
+    assert exitcode == 0
     result = queue.get(timeout=10)
     assert result is not None, "the grandchild hung"
     loss, grad_sum = result
