@@ -175,6 +175,27 @@ def test_softcap_bounds_infinite_logits(backend, dtype):
     assert np.isfinite(loss[3]) and np.all(np.isfinite(grad[3]))
 
 
+@pytest.mark.parametrize("n_classes", [10, 40, 1000])  # tile-sized, row path, long rows
+def test_softcap_tiny_loss_of_a_dominant_label_is_accurate(backend, dtype, n_classes):
+    # The label is the maximum and the loss is log1p(sum of exp(v_c - v_y)) ~ 1e-19: all of it
+    # is in the sum, none in v_y - m (which must be exactly 0, not a rounding of the cap).
+    s = 30.0
+    x = np.full((3, n_classes), -30.0, dtype=dtype)
+    x[1, : n_classes // 2] = -40.0
+    x[2] = np.linspace(-30.0, 20.0, n_classes)
+    y = np.array([3, 3, 3])
+    x[:, 3] = 30.0
+    v = s * np.tanh(x.astype(np.longdouble) / s)
+    rest = np.exp(v - v[:, 3:4])
+    rest[:, 3] = 0.0
+    exact = np.log1p(rest.sum(axis=1))
+    loss = fastxent.cross_entropy(x, y, reduction="none", softcap=s)
+    assert np.all(loss > 0)
+    # float32: within 2 ulp like the plain loss; float64: v carries about 1e-16 s
+    rtol = 2 * 2.0**-23 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(loss.astype(np.longdouble), exact, rtol=rtol, atol=0)
+
+
 def test_without_softcap_infinite_rows_stay_nan_with_z_loss(backend):
     x = np.array([[np.inf, 0.0], [-np.inf, -np.inf], [0.0, -np.inf]])
     loss, grad = fastxent.cross_entropy_with_grad(x, [1, 0, 0], reduction="none", z_loss=0.1)

@@ -65,7 +65,9 @@ cdef extern from "_rows.h" nogil:
     void fx_row_dense_grad_f64(double* g, const double* t, Py_ssize_t n, double a, double b, double keep,
                                double spread, const double* w)
     # Logit softcap on contiguous rows (the z-loss/softcap section at the end).
-    double fx_cap_e(double x, double s, double* slope)
+    double fx_cap_f32(double x, double s, double inv_s, double* slope)
+    double fx_cap_f64(double x, double s, double inv_s, double* slope)
+    double fx_exp_neg_f32(double d)
     double fx_row_cap_exp_sum_f32(const float* x, Py_ssize_t n, double s, double m_raw, double* m_out)
     double fx_row_cap_exp_sum_f64(const double* x, Py_ssize_t n, double s, double m_raw, double* m_out)
     void fx_row_cap_grad_f32(const float* x, float* g, Py_ssize_t n, double s, double m, double a,
@@ -854,9 +856,12 @@ cdef void _dense_tiles(const floating[:, :, :] x, const floating[:, :, :] labels
 #
 # Each logit x is read as v = s tanh(x / s) (Gemma 2), computed in double on the fly (never
 # stored), and the gradient w.r.t. x carries dv/dx = 1 - tanh^2(x / s). Both come from one
-# e = exp(-2|x / s|) (fx_cap_e): tanh = sign (1 - e) / (1 + e), absolute error about 1e-16,
-# which is what the loss sees (v enters it additively), and 1 - tanh^2 = 4 e / (1 + e)^2,
-# without cancellation and exactly 0 at x = +-inf. tanh is monotone, so the capped row maximum
+# e = exp(-2|x / s|) (fx_cap_f32 / fx_cap_f64): tanh = sign (1 - e) / (1 + e) and
+# 1 - tanh^2 = 4 e / (1 + e)^2, without cancellation and exactly 0 at x = +-inf, with one
+# reciprocal (a float one refined in double: no double division). The absolute error of v is
+# what the loss sees (v enters it additively): about 1e-16 s for double data; for float data e
+# comes from the float32-grade exp (relative error 6e-9), so v is within 3e-9 s, below the
+# float32 rounding of v that PyTorch's float32 tanh makes. tanh is monotone, so the capped row maximum
 # m is the cap of the raw maximum, and "x is the maximum" is decided on the raw x. A +-inf
 # logit is capped to +-s; NaN stays NaN.
 # z-loss (z lse^2 per row, gradient 2 z lse p) is folded into the coefficients here as in the
@@ -864,17 +869,30 @@ cdef void _dense_tiles(const floating[:, :, :] x, const floating[:, :, :] labels
 # reads x_c before it writes g_c, so g may be x itself (in place). Contiguous rows use the
 # vectorised loops of _rows_template.h; strided ones the scalar loops below (same formulas).
 
-cdef inline double _cap(double v, double softcap) noexcept nogil:
-    """s tanh(v / s) (see the section comment)."""
-    cdef double slope
-    return fx_cap_e(v, softcap, &slope)
+cdef inline double _cap(const floating* like, double v, double softcap) noexcept nogil:
+    """s tanh(v / s) with the exp of ``like``'s type (see the section comment)."""
+    if floating is float:
+        return fx_cap_f32(v, softcap, 1.0 / softcap, NULL)
+    else:
+        return fx_cap_f64(v, softcap, 1.0 / softcap, NULL)
 
 
-cdef inline double _cap_slope(double v, double softcap) noexcept nogil:
+cdef inline double _cap_slope(const floating* like, double v, double softcap) noexcept nogil:
     """d/dv of _cap: 1 - tanh^2(v / s) = 4 e / (1 + e)^2, e = exp(-2|v / s|)."""
     cdef double slope
-    fx_cap_e(v, softcap, &slope)
+    if floating is float:
+        fx_cap_f32(v, softcap, 1.0 / softcap, &slope)
+    else:
+        fx_cap_f64(v, softcap, 1.0 / softcap, &slope)
     return slope
+
+
+cdef inline double _exp_capped(const floating* like, double v, double m) noexcept nogil:
+    """exp(v - m) for a capped logit v <= m, with the exp of the contiguous loops."""
+    if floating is float:
+        return fx_exp_neg_f32(v - m)
+    else:
+        return fx_exp_shifted_f64(v, m)
 
 
 cdef inline double _cap_row_stats(const floating* x, Py_ssize_t n, Py_ssize_t xs,
@@ -891,12 +909,12 @@ cdef inline double _cap_row_stats(const floating* x, Py_ssize_t n, Py_ssize_t xs
         else:
             acc = fx_row_cap_exp_sum_f64(x, n, softcap, m_raw[0], m_out)
     else:
-        m = _cap(m_raw[0], softcap)
+        m = _cap(x, m_raw[0], softcap)
         for c in range(n):
             if x[c * xs] == m_raw[0]:
                 n_max += 1
             else:
-                acc += fx_exp_shifted_f64(_cap(<double>x[c * xs], softcap), m)
+                acc += _exp_capped(x, _cap(x, <double>x[c * xs], softcap), m)
         acc = acc + <double>(n_max - 1)
         m_out[0] = m
     log_s_out[0] = log1p(acc)
@@ -915,14 +933,19 @@ cdef void _sparse_row_extra(const floating* x, Py_ssize_t n, Py_ssize_t xs, Py_s
     cdef double w_y = weight[y] if weight != NULL else 1.0
     cdef double k_coef = smoothing / n, a_coef, g_c, z_coef
     cdef double x_y = x[y * xs]  # read now: the gradient may overwrite x (in place)
-    cdef double v_y = _cap(x_y, softcap)
+    cdef double v_y = _cap(x, x_y, softcap)
     cdef Py_ssize_t c
     s_rest = _cap_row_stats(x, n, xs, softcap, &m_raw, &m, &log_s)
+    if x_y == m_raw:
+        # the label is the maximum: v_y - m is 0 exactly (m may come from a vectorised clone
+        # whose FMA contraction rounds the cap differently in the last bit; a tiny loss is
+        # all in log_s, and must not go negative)
+        v_y = m
     if smoothing != 0.0:
         for c in range(n):
             w_c = weight[c] if weight != NULL else 1.0
             if w_c != 0.0:
-                smooth_dot += w_c * (_cap(<double>x[c * xs], softcap) - m)
+                smooth_dot += w_c * (_cap(x, <double>x[c * xs], softcap) - m)
     lse = m + log_s
     z_coef = 2.0 * z_loss * lse
     loss[0] = (1.0 - smoothing) * w_y * (log_s - (v_y - m)) + z_loss * lse * lse
@@ -941,21 +964,21 @@ cdef void _sparse_row_extra(const floating* x, Py_ssize_t n, Py_ssize_t xs, Py_s
                                 grad_coef * k_coef, NULL, 0.0, 0.0, weight)
     else:
         for c in range(n):
-            v = _cap(<double>x[c * xs], softcap)
+            v = _cap(x, <double>x[c * xs], softcap)
             w_c = weight[c] if weight != NULL else 1.0
-            g[c * gs] = <floating>(grad_coef * (a_coef * fx_exp_shifted_f64(v, m) * inv_s
+            g[c * gs] = <floating>(grad_coef * (a_coef * _exp_capped(x, v, m) * inv_s
                                                 - k_coef * w_c)
-                                   * _cap_slope(<double>x[c * xs], softcap))
+                                   * _cap_slope(x, <double>x[c * xs], softcap))
     # the label's class: - (1 - eps) w_y, without cancellation when y is the maximum
     # (p_y - 1 = -s_rest / s there)
     if x_y == m_raw:
         p = inv_s
         g_c = (1.0 - smoothing) * w_y * (-s_rest * inv_s)
     else:
-        p = fx_exp_shifted_f64(v_y, m) * inv_s
+        p = _exp_capped(x, v_y, m) * inv_s
         g_c = (1.0 - smoothing) * w_y * (p - 1.0)
     g_c = g_c + k_coef * (weight_sum * p - w_y) + z_coef * p
-    g[y * gs] = <floating>(grad_coef * g_c * _cap_slope(x_y, softcap))
+    g[y * gs] = <floating>(grad_coef * g_c * _cap_slope(x, x_y, softcap))
 
 
 cdef void _dense_row_extra(const floating* x, Py_ssize_t n, Py_ssize_t xs, const floating* t,
@@ -975,7 +998,7 @@ cdef void _dense_row_extra(const floating* x, Py_ssize_t n, Py_ssize_t xs, const
             q = q * weight[c]
         mass += q
         if q != 0.0:
-            dot += q * (_cap(<double>x[c * xs], softcap) - m)
+            dot += q * (_cap(x, <double>x[c * xs], softcap) - m)
     lse = m + log_s
     loss[0] = mass * log_s - dot + z_loss * lse * lse
     if g == NULL:
@@ -994,6 +1017,6 @@ cdef void _dense_row_extra(const floating* x, Py_ssize_t n, Py_ssize_t xs, const
         q = keep * t[c * ts] + spread
         if weight != NULL:
             q = q * weight[c]
-        v = _cap(<double>x[c * xs], softcap)
-        g[c * gs] = <floating>(grad_coef * (a_coef * fx_exp_shifted_f64(v, m) - q)
-                               * _cap_slope(<double>x[c * xs], softcap))
+        v = _cap(x, <double>x[c * xs], softcap)
+        g[c * gs] = <floating>(grad_coef * (a_coef * _exp_capped(x, v, m) - q)
+                               * _cap_slope(x, <double>x[c * xs], softcap))

@@ -222,61 +222,92 @@ FX_CLONES static void FX_NAME(fx_row_dense_grad)(FX_T *g, const FX_T *t, ptrdiff
 }
 
 /* ---------------------------------------------------------------------------------------
- * Logit softcap (v = s tanh(x / s)), for contiguous rows: see the z-loss/softcap section of
- * _kernels_c.pyx. tanh(u) = sign(u) (1 - e) / (1 + e) and 1 - tanh^2(u) = 4 e / (1 + e)^2 with
- * e = exp(-2|u|) from fx_exp_neg_f64: one exp per element for both, vectorisable.
+ * Logit softcap (v = s tanh(x / s)): see the z-loss/softcap section of _kernels_c.pyx.
+ * tanh(u) = sign(u) (1 - e) / (1 + e) and 1 - tanh^2(u) = 4 e / (1 + e)^2 with e = exp(-2|u|):
+ * one exp and one reciprocal per element for both, vectorisable. The exp is the type's
+ * (FX_EXP_NEG: the float32-grade one for float data, whose relative error of 6e-9 moves v by at
+ * most 3e-9 s; the double one for double data), and so is exp(v - m) (FX_EXP_SHIFTED).
  * --------------------------------------------------------------------------------------- */
-#ifndef FX_CAP_DEFINED_
-#define FX_CAP_DEFINED_
-static inline double fx_cap_e(double x, double s, double *slope)
+
+/* s tanh(x / s) (inv_s = 1 / s; NaN stays NaN, +-inf gives +-s), and 1 - tanh^2(x / s) into
+ * *slope when slope is not NULL */
+static inline double FX_NAME(fx_cap)(double x, double s, double inv_s, double *slope)
 {
-    double u = x / s;
-    double e = fx_exp_neg_f64(-2.0 * fabs(u), 0.0);
-    double t = (1.0 - e) / (1.0 + e);
-    *slope = 4.0 * e / ((1.0 + e) * (1.0 + e));
-    return u == u ? copysign(s * t, u) : u;
+    double u = x * inv_s;
+    double e = FX_EXP_NEG(-2.0 * fabs(u));
+    double inv = fx_recip_1_2(1.0 + e);
+    if (slope != NULL) *slope = (4.0 * e) * (inv * inv);
+    return u == u ? copysign(s * ((1.0 - e) * inv), u) : u;
 }
-#endif
 
 /* sum_i exp(v_i - m) - 1 without the 1 of the maximum, m = cap(m_raw) (stored in *m_out),
  * m_raw the row's raw maximum: the terms with x_i == m_raw are counted, not summed (compared
- * raw, so the count does not depend on how the cap rounds). */
+ * raw, so the count does not depend on how the cap rounds). The last partial block goes through
+ * a buffer padded with m_raw (counted, then discounted), so every element is vectorised. */
 FX_CLONES static double FX_NAME(fx_row_cap_exp_sum)(const FX_T *x, ptrdiff_t n, double s,
                                                     double m_raw, double *m_out)
 {
-    double acc[FX_LANES], count[FX_LANES], tail = 0.0, tail_count = 0.0, slope;
-    double m = fx_cap_e(m_raw, s, &slope);
-    ptrdiff_t i = 0;
+    double acc[FX_LANES], count[FX_LANES], inv_s = 1.0 / s;
+    double m = FX_NAME(fx_cap)(m_raw, s, inv_s, NULL);
+    FX_T pad[FX_LANES];
+    ptrdiff_t i = 0, rest;
     int j;
     for (j = 0; j < FX_LANES; j++) { acc[j] = 0.0; count[j] = 0.0; }
     for (; i + FX_LANES <= n; i += FX_LANES)
         for (j = 0; j < FX_LANES; j++) {
-            double v = fx_cap_e((double)x[i + j], s, &slope);
-            double e = fx_exp_shifted_f64(v, m);
+            double e = FX_EXP_SHIFTED(FX_NAME(fx_cap)((double)x[i + j], s, inv_s, NULL), m);
             int at_max = (double)x[i + j] == m_raw;
             acc[j] += at_max ? 0.0 : e;
             count[j] += at_max ? 1.0 : 0.0;
         }
-    for (; i < n; i++) {
-        double v = fx_cap_e((double)x[i], s, &slope);
-        double e = fx_exp_shifted_f64(v, m);
-        if ((double)x[i] == m_raw) tail_count += 1.0; else tail += e;
+    rest = n - i;
+    if (rest > 0) {
+        for (j = 0; j < FX_LANES; j++) pad[j] = j < rest ? x[i + j] : (FX_T)m_raw;
+        for (j = 0; j < FX_LANES; j++) {
+            double e = FX_EXP_SHIFTED(FX_NAME(fx_cap)((double)pad[j], s, inv_s, NULL), m);
+            int at_max = (double)pad[j] == m_raw;
+            acc[j] += at_max ? 0.0 : e;
+            count[j] += at_max ? 1.0 : 0.0;
+        }
     }
     *m_out = m;
-    return (fx_combine(acc) + tail) + ((fx_combine(count) + tail_count) - 1.0);
+    return fx_combine(acc) + ((fx_combine(count) - (double)(rest > 0 ? FX_LANES - rest : 0))
+                              - 1.0);
+}
+
+/* One element of fx_row_cap_grad */
+static inline FX_T FX_NAME(fx_cap_grad_one)(FX_T x, double s, double inv_s, double m, double a,
+                                            double b, double q)
+{
+    double slope;
+    double v = FX_NAME(fx_cap)((double)x, s, inv_s, &slope);
+    return (FX_T)((a * FX_EXP_SHIFTED(v, m) - b * q) * slope);
 }
 
 /* g_i = (a exp(v_i - m) - b q_i) * dv_i/dx_i, q_i = (t ? keep t_i + spread : 1) * (w ? w_i : 1);
- * g may be x (each element is read before it is written). */
+ * g may be x (each element is read before it is written). Rows shorter than a vector go through
+ * a buffer, so that they are vectorised too. */
 FX_CLONES static void FX_NAME(fx_row_cap_grad)(const FX_T *x, FX_T *g, ptrdiff_t n, double s,
                                                double m, double a, double b, const FX_T *t,
                                                double keep, double spread, const double *w)
 {
+    double inv_s = 1.0 / s;
     ptrdiff_t i;
-    for (i = 0; i < n; i++) {
-        double slope;
-        double v = fx_cap_e((double)x[i], s, &slope);
-        double q = (t != NULL ? keep * (double)t[i] + spread : 1.0) * (w != NULL ? w[i] : 1.0);
-        g[i] = (FX_T)((a * fx_exp_shifted_f64(v, m) - b * q) * slope);
+    if (n < FX_LANES && t == NULL && w == NULL) {
+        FX_T buf[FX_LANES];
+        int j;
+        for (j = 0; j < FX_LANES; j++) buf[j] = j < n ? x[j] : (FX_T)0;
+        for (j = 0; j < FX_LANES; j++)
+            buf[j] = FX_NAME(fx_cap_grad_one)(buf[j], s, inv_s, m, a, b, 1.0);
+        for (j = 0; j < n; j++) g[j] = buf[j];
+        return;
     }
+    if (t == NULL && w == NULL)
+        for (i = 0; i < n; i++) g[i] = FX_NAME(fx_cap_grad_one)(x[i], s, inv_s, m, a, b, 1.0);
+    else
+        for (i = 0; i < n; i++) {
+            double q = (t != NULL ? keep * (double)t[i] + spread : 1.0)
+                       * (w != NULL ? w[i] : 1.0);
+            g[i] = FX_NAME(fx_cap_grad_one)(x[i], s, inv_s, m, a, b, q);
+        }
 }
