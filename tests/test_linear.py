@@ -187,8 +187,8 @@ def test_same_bits_for_every_thread_count_and_chunk_size_is_deterministic(dtype)
 
 
 def test_chunk_rule():
-    assert _linear.chunk_rows(2048, 32000, 4) == 144
-    assert _linear.chunk_rows(512, 128256, 4) == 32
+    assert _linear.chunk_rows(2048, 32000, 4) == 168
+    assert _linear.chunk_rows(512, 128256, 4) == 40
     assert _linear.chunk_rows(100, 32000, 4) == 100  # never more than N
     assert _linear.chunk_rows(4096, 10**7, 4) == 8  # at least 8 rows
 

@@ -79,10 +79,12 @@ cdef extern from "_rows.h" nogil:
     enum: FX_TILE_MAX_C
     void fx_tile_stats_f32(const float* x, Py_ssize_t rs, Py_ssize_t cs, int rows, Py_ssize_t n_classes,
                            float* g, Py_ssize_t grs, Py_ssize_t gcs, const double* coef,
-                           double* m_out, double* s_rest_out, double* log_s_out)
+                           const double* zcoef, double* m_out, double* s_rest_out,
+                           double* log_s_out)
     void fx_tile_stats_f64(const double* x, Py_ssize_t rs, Py_ssize_t cs, int rows, Py_ssize_t n_classes,
                            double* g, Py_ssize_t grs, Py_ssize_t gcs, const double* coef,
-                           double* m_out, double* s_rest_out, double* log_s_out)
+                           const double* zcoef, double* m_out, double* s_rest_out,
+                           double* log_s_out)
 
 openmp_enabled = bool(FASTXENT_OPENMP)
 
@@ -243,11 +245,11 @@ cdef inline (Py_ssize_t, Py_ssize_t, int) _tile_start(Py_ssize_t t, Py_ssize_t A
 cdef inline void _tile_stats(const floating* x, Py_ssize_t rs, Py_ssize_t cs, int rows,
                              Py_ssize_t n, floating* g, Py_ssize_t grs, Py_ssize_t gcs,
                              const double* coef, double* m, double* s_rest,
-                             double* log_s) noexcept nogil:
+                             double* log_s, const double* zcoef=NULL) noexcept nogil:
     if floating is float:
-        fx_tile_stats_f32(x, rs, cs, rows, n, g, grs, gcs, coef, m, s_rest, log_s)
+        fx_tile_stats_f32(x, rs, cs, rows, n, g, grs, gcs, coef, zcoef, m, s_rest, log_s)
     else:
-        fx_tile_stats_f64(x, rs, cs, rows, n, g, grs, gcs, coef, m, s_rest, log_s)
+        fx_tile_stats_f64(x, rs, cs, rows, n, g, grs, gcs, coef, zcoef, m, s_rest, log_s)
 
 
 # --------------------------------------------------------------------------------------------
@@ -519,11 +521,15 @@ cdef Py_ssize_t _sparse_tile(const floating* x, Py_ssize_t rs, Py_ssize_t cs, in
                              int64_t ignore_index, bint has_ignore, const double* weight,
                              double* loss, Py_ssize_t loss_s, floating* g, Py_ssize_t grs,
                              Py_ssize_t gcs, double grad_scale, const double* grad_rows,
-                             Py_ssize_t grad_rows_s) noexcept nogil:
+                             Py_ssize_t grad_rows_s, double z_loss) noexcept nogil:
     """Loss (and gradient) of up to FX_TILE rows at stride ``rs`` (class stride ``cs``), without
     label smoothing: the statistics and the softmax are vectorised across the rows by
-    fx_tile_stats, only the label's class is done per row. Returns the number of bad labels."""
+    fx_tile_stats, only the label's class is done per row. Returns the number of bad labels.
+    z_loss != 0 adds z lse^2 to each counted row, and 2 z lse p (times the row's coefficient
+    without its class weight: zcoef) to its gradient."""
     cdef double coef[FX_TILE]
+    cdef double zcoef[FX_TILE]
+    cdef double lse
     cdef double m[FX_TILE]
     cdef double s_rest[FX_TILE]
     cdef double log_s[FX_TILE]
@@ -540,9 +546,16 @@ cdef Py_ssize_t _sparse_tile(const floating* x, Py_ssize_t rs, Py_ssize_t cs, in
             w_y[i] = weight[y[i]] if weight != NULL else 1.0
             x_y[i] = x[i * rs + y[i] * cs]  # read now: the gradient may overwrite x (in place)
             coef[i] = grad_scale * w_y[i]
+            zcoef[i] = 2.0 * z_loss * grad_scale
             if grad_rows != NULL:
                 coef[i] = coef[i] * grad_rows[i * grad_rows_s]
-    _tile_stats(x, rs, cs, rows, n, g, grs, gcs, coef, m, s_rest, log_s)
+                zcoef[i] = zcoef[i] * grad_rows[i * grad_rows_s]
+        else:
+            zcoef[i] = 0.0
+    for i in range(rows, FX_TILE):
+        zcoef[i] = 0.0
+    _tile_stats(x, rs, cs, rows, n, g, grs, gcs, coef, m, s_rest, log_s,
+                zcoef if z_loss != 0.0 else NULL)
     for i in range(rows):
         grow = g + i * grs if g != NULL else NULL
         if y[i] < 0:
@@ -556,10 +569,17 @@ cdef Py_ssize_t _sparse_tile(const floating* x, Py_ssize_t rs, Py_ssize_t cs, in
                 _fill_row(grow, n, gcs, NAN)
         else:
             loss[i * loss_s] = w_y[i] * (log_s[i] - (x_y[i] - m[i]))
+            lse = m[i] + log_s[i]
+            if z_loss != 0.0:
+                loss[i * loss_s] += z_loss * lse * lse
             if grow != NULL:
                 # coef (p_y - 1): from -s_rest / s when the label is the maximum (no cancellation),
-                # else from coef * p_y, already in the buffer (p_y <= 1/2 there).
-                if x_y[i] == m[i]:
+                # else from coef * p_y, already in the buffer (p_y <= 1/2 there); the z-loss term
+                # zcoef lse p_y is in the buffer too, and added here when the label is the max.
+                if x_y[i] == m[i] and z_loss != 0.0:
+                    grow[y[i] * gcs] = <floating>((-coef[i] * s_rest[i] + zcoef[i] * lse)
+                                                  / (1.0 + s_rest[i]))
+                elif x_y[i] == m[i]:
                     grow[y[i] * gcs] = <floating>(-coef[i] * s_rest[i] / (1.0 + s_rest[i]))
                 else:
                     grow[y[i] * gcs] = <floating>(grow[y[i] * gcs] - coef[i])
@@ -578,8 +598,8 @@ def sparse_xent(const floating[:, :, :] x, const label_t[:, :] labels, const dou
     weight (C,) float64 or None; smoothing in [0, 1]. Returns the number of bad labels met
     (rows with a bad label get NaN; the API checks labels first, so this is normally 0).
     z_loss >= 0 adds z_loss * lse**2 to every row that is not ignored; softcap > 0 replaces each
-    logit x by softcap * tanh(x / softcap) first (0: no cap). Either one leaves the tile path;
-    z-loss is folded into _sparse_row's coefficients, softcap routes rows through
+    logit x by softcap * tanh(x / softcap) first (0: no cap). z-loss is folded into the
+    coefficients of the tiles and of _sparse_row; softcap routes rows through
     _sparse_row_extra. With both off, every operation is the one of the plain paths.
     """
     cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], r, a, b, y
@@ -606,10 +626,9 @@ def sparse_xent(const floating[:, :, :] x, const label_t[:, :] labels, const dou
         gs0 = grad_out.strides[0] // sizeof(floating)
         gs1 = grad_out.strides[1] // sizeof(floating)
         gs2 = grad_out.strides[2] // sizeof(floating)
-    cdef bint extra = z_loss != 0.0 or softcap != 0.0
-    if smoothing == 0.0 and _use_tiles(C) and not extra:  # tiles: neither z-loss nor softcap
+    if smoothing == 0.0 and _use_tiles(C) and softcap == 0.0:  # tiles: with z-loss, no cap
         return _sparse_tiles(x, labels, wp, ignore_index, has_ignore, loss_out, grad_out,
-                             grad_scale, grad_rows, n_threads)
+                             grad_scale, grad_rows, n_threads, z_loss)
     for r in prange(A * B, nogil=True, schedule="static",
                     num_threads=_threads_for(n_threads, A * B, C)):
         a, b = _row_position(r, B)
@@ -635,7 +654,7 @@ def sparse_xent(const floating[:, :, :] x, const label_t[:, :] labels, const dou
 cdef Py_ssize_t _sparse_tiles(const floating[:, :, :] x, const label_t[:, :] labels,
                               const double* weight, int64_t ignore_index, bint has_ignore,
                               double[:, :] loss_out, floating[:, :, :] grad_out, double grad_scale,
-                              const double[:, :] grad_rows, int n_threads):
+                              const double[:, :] grad_rows, int n_threads, double z_loss):
     """sparse_xent for few classes, in tiles of FX_TILE rows (see _n_tiles)."""
     cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2]
     cdef int d = 0 if B == 1 else 2  # the axis the rows of a tile step along
@@ -656,7 +675,7 @@ cdef Py_ssize_t _sparse_tiles(const floating[:, :, :] x, const label_t[:, :] lab
         n_bad += _sparse_tile(
             &x[a, 0, b], rs, cs, rows, C, &labels[a, b], ls, ignore_index, has_ignore, weight,
             &loss_out[a, b], loss_s, &grad_out[a, 0, b] if with_grad else NULL, grs, gcs,
-            grad_scale, &grad_rows[a, b] if with_rows else NULL, rows_s)
+            grad_scale, &grad_rows[a, b] if with_rows else NULL, rows_s, z_loss)
     return n_bad
 
 

