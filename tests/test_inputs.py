@@ -83,6 +83,34 @@ def test_labels_of_non_native_byte_order_and_strided_labels(backend, dtype):
     np.testing.assert_array_equal(fastxent.cross_entropy(x, strided, reduction="none"), expected)
 
 
+@pytest.mark.parametrize("n_classes", [7, 32])
+def test_class_axis_1_gives_the_bits_of_class_axis_last(backend, dtype, n_classes):
+    # (N, C, H, W) with H * W = 45: full tiles of adjacent positions (read and written as
+    # vectors) and a partial one; the same per-row arithmetic as rows with the class axis last.
+    # The fallback sums its blocks in another order there: equal to a few ulps.
+    if backend == "compiled":
+        same = np.testing.assert_array_equal
+    else:
+        def same(a, b):
+            np.testing.assert_allclose(a, b, rtol=4 * np.finfo(dtype).eps, atol=0)
+    rng = np.random.default_rng(n_classes)
+    x = (rng.standard_normal((3, n_classes, 5, 9)) * 3).astype(dtype)
+    y = rng.integers(0, n_classes, (3, 5, 9))
+    last = np.ascontiguousarray(np.moveaxis(x, 1, -1))  # (3, 5, 9, C)
+    loss, grad = fastxent.cross_entropy_with_grad(x, y, reduction="none")
+    rows_loss, rows_grad = fastxent.cross_entropy_with_grad(
+        last.reshape(-1, n_classes), y.reshape(-1), reduction="none")
+    same(loss, rows_loss.reshape(y.shape))
+    same(grad, np.moveaxis(rows_grad.reshape(last.shape), -1, 1))
+    in_place = x.copy()
+    fastxent.cross_entropy_with_grad(in_place, y, reduction="none", out=in_place)
+    same(in_place, grad)
+    for name in ("softmax", "log_softmax"):
+        f = getattr(fastxent, name)
+        same(f(x, axis=1), np.moveaxis(f(last), -1, 1))
+    same(fastxent.logsumexp(x, axis=1), fastxent.logsumexp(last))
+
+
 @pytest.mark.parametrize("shape, axis", [((C, N), 0), ((5, C, 9), 1), ((4, 3, C), 2), ((4, 3, C), -1)])
 def test_tensorflow_axis_argument_equals_moving_the_axis_last(backend, dtype, shape, axis):
     rng = np.random.default_rng(1)

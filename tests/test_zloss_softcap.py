@@ -190,11 +190,24 @@ def test_softcap_tiny_loss_of_a_dominant_label_is_accurate(backend, dtype, n_cla
     rest = np.exp(v - v[:, 3:4])
     rest[:, 3] = 0.0
     exact = np.log1p(rest.sum(axis=1))
-    loss = fastxent.cross_entropy(x, y, reduction="none", softcap=s)
-    assert np.all(loss > 0)
     # float32: within 2 ulp like the plain loss; float64: v carries about 1e-16 s
     rtol = 2 * 2.0**-23 if dtype == np.float32 else 1e-13
-    np.testing.assert_allclose(loss.astype(np.longdouble), exact, rtol=rtol, atol=0)
+    one_hot = np.eye(n_classes, dtype=dtype)[y]
+    for loss in (fastxent.cross_entropy(x, y, reduction="none", softcap=s),
+                 fastxent.cross_entropy(x, one_hot, reduction="none", softcap=s)):
+        assert np.all(loss > 0)
+        np.testing.assert_allclose(loss.astype(np.longdouble), exact, rtol=rtol, atol=0)
+
+
+def test_tiny_softcap_divides_without_overflow(backend, dtype):
+    # 1 / s overflows for s below 2**-1024: x / s must not become 0 * inf
+    s = 1e-310
+    x = np.array([[0.0, 1e-310, -1.0, 2.0]], dtype=np.float64).astype(dtype)
+    with np.errstate(over="ignore"):  # 2 / s is inf: tanh gives 1
+        v = s * np.tanh(x.astype(np.float64) / s)
+    want = np.log(np.exp(v - v.max()).sum()) + v.max() - v[0, 0]
+    loss = fastxent.cross_entropy(x, [0], reduction="none", softcap=s)
+    np.testing.assert_allclose(loss, want, rtol=RTOL[dtype], atol=1e-320)
 
 
 def test_without_softcap_infinite_rows_stay_nan_with_z_loss(backend):

@@ -65,8 +65,8 @@ cdef extern from "_rows.h" nogil:
     void fx_row_dense_grad_f64(double* g, const double* t, Py_ssize_t n, double a, double b, double keep,
                                double spread, const double* w)
     # Logit softcap on contiguous rows (the z-loss/softcap section at the end).
-    double fx_cap_f32(double x, double s, double inv_s, double* slope)
-    double fx_cap_f64(double x, double s, double inv_s, double* slope)
+    double fx_cap_one_f32(double x, double s, double* slope)
+    double fx_cap_one_f64(double x, double s, double* slope)
     double fx_exp_neg_f32(double d)
     double fx_row_cap_exp_sum_f32(const float* x, Py_ssize_t n, double s, double m_raw, double* m_out)
     double fx_row_cap_exp_sum_f64(const double* x, Py_ssize_t n, double s, double m_raw, double* m_out)
@@ -891,18 +891,18 @@ cdef void _dense_tiles(const floating[:, :, :] x, const floating[:, :, :] labels
 cdef inline double _cap(const floating* like, double v, double softcap) noexcept nogil:
     """s tanh(v / s) with the exp of ``like``'s type (see the section comment)."""
     if floating is float:
-        return fx_cap_f32(v, softcap, 1.0 / softcap, NULL)
+        return fx_cap_one_f32(v, softcap, NULL)
     else:
-        return fx_cap_f64(v, softcap, 1.0 / softcap, NULL)
+        return fx_cap_one_f64(v, softcap, NULL)
 
 
 cdef inline double _cap_slope(const floating* like, double v, double softcap) noexcept nogil:
     """d/dv of _cap: 1 - tanh^2(v / s) = 4 e / (1 + e)^2, e = exp(-2|v / s|)."""
     cdef double slope
     if floating is float:
-        fx_cap_f32(v, softcap, 1.0 / softcap, &slope)
+        fx_cap_one_f32(v, softcap, &slope)
     else:
-        fx_cap_f64(v, softcap, 1.0 / softcap, &slope)
+        fx_cap_one_f64(v, softcap, &slope)
     return slope
 
 
@@ -963,7 +963,7 @@ cdef void _sparse_row_extra(const floating* x, Py_ssize_t n, Py_ssize_t xs, Py_s
     if smoothing != 0.0:
         for c in range(n):
             w_c = weight[c] if weight != NULL else 1.0
-            if w_c != 0.0:
+            if w_c != 0.0 and x[c * xs] != m_raw:  # the maximum's term is 0 exactly (above)
                 smooth_dot += w_c * (_cap(x, <double>x[c * xs], softcap) - m)
     lse = m + log_s
     z_coef = 2.0 * z_loss * lse
@@ -1016,7 +1016,10 @@ cdef void _dense_row_extra(const floating* x, Py_ssize_t n, Py_ssize_t xs, const
         if weight != NULL:
             q = q * weight[c]
         mass += q
-        if q != 0.0:
+        # the maximum's term is 0 exactly: m may come from a vectorised clone whose FMA
+        # contraction rounds the cap differently in the last bit (a one-hot target on the
+        # maximum would turn a tiny loss negative)
+        if q != 0.0 and x[c * xs] != m_raw:
             dot += q * (_cap(x, <double>x[c * xs], softcap) - m)
     lse = m + log_s
     loss[0] = mass * log_s - dot + z_loss * lse * lse

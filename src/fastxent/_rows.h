@@ -172,6 +172,15 @@ static inline double fx_recip_1_2(double a)
     return y + y * r;
 }
 
+/* Softcap's x / s as (x * pre) * inv_s (a multiplication, not a division, per element): pre is
+ * 1 unless 1 / s would overflow (s below 2^-512), then 2^512, with inv_s = 1 / (s * pre). */
+static inline double fx_cap_prescale(double s, double *inv_s)
+{
+    double pre = s < 0x1p-512 ? 0x1p512 : 1.0;
+    *inv_s = 1.0 / (s * pre);
+    return pre;
+}
+
 /* ---------------------------------------------------------------------------------------
  * Row kernels, generated for float and double from _rows_template.h.
  * --------------------------------------------------------------------------------------- */

@@ -154,9 +154,16 @@ FX_CLONES static void FX_NAME(fx_tile_stats)(const FX_T *x, ptrdiff_t rs, ptrdif
     double m[FX_TILE], acc[FX_TILE], count[FX_TILE], factor[FX_TILE];
     ptrdiff_t c;
     int r;
-    for (c = 0; c < n_classes; c++)
-        for (r = 0; r < FX_TILE; r++)
-            xt[c][r] = r < rows ? x[r * rs + c * cs] : (FX_T)0;
+    /* the tile into xt[class][row]; a full tile whose rows are adjacent (rs == 1: the
+     * (N, C, H, W) layout) by vector loads (gathers for rs == C were measured slower than
+     * these scalar loads) */
+    if (rows == FX_TILE && rs == 1)
+        for (c = 0; c < n_classes; c++)
+            for (r = 0; r < FX_TILE; r++) xt[c][r] = x[c * cs + r];
+    else
+        for (c = 0; c < n_classes; c++)
+            for (r = 0; r < FX_TILE; r++)
+                xt[c][r] = r < rows ? x[r * rs + c * cs] : (FX_T)0;
     for (r = 0; r < FX_TILE; r++) { mt[r] = -INFINITY; acc[r] = 0.0; count[r] = 0.0; }
     for (c = 0; c < n_classes; c++)
         for (r = 0; r < FX_TILE; r++)
@@ -182,7 +189,10 @@ FX_CLONES static void FX_NAME(fx_tile_stats)(const FX_T *x, ptrdiff_t rs, ptrdif
     if (g != NULL && zcoef != NULL)
         for (r = 0; r < rows; r++)
             factor[r] += zcoef[r] * (m[r] + log_s_out[r]) / (1.0 + s_rest_out[r]);
-    if (g != NULL)
+    if (g != NULL && rows == FX_TILE && grs == 1)
+        for (c = 0; c < n_classes; c++)
+            for (r = 0; r < FX_TILE; r++) g[c * gcs + r] = (FX_T)(et[c][r] * factor[r]);
+    else if (g != NULL)
         for (c = 0; c < n_classes; c++)
             for (r = 0; r < rows; r++)
                 g[r * grs + c * gcs] = (FX_T)(et[c][r] * factor[r]);
@@ -236,15 +246,22 @@ FX_CLONES static void FX_NAME(fx_row_dense_grad)(FX_T *g, const FX_T *t, ptrdiff
  * most 3e-9 s; the double one for double data), and so is exp(v - m) (FX_EXP_SHIFTED).
  * --------------------------------------------------------------------------------------- */
 
-/* s tanh(x / s) (inv_s = 1 / s; NaN stays NaN, +-inf gives +-s), and 1 - tanh^2(x / s) into
- * *slope when slope is not NULL */
-static inline double FX_NAME(fx_cap)(double x, double s, double inv_s, double *slope)
+/* s tanh(x / s) (pre and inv_s from fx_cap_prescale(s); NaN stays NaN, +-inf gives +-s), and
+ * 1 - tanh^2(x / s) into *slope when slope is not NULL */
+static inline double FX_NAME(fx_cap)(double x, double s, double pre, double inv_s, double *slope)
 {
-    double u = x * inv_s;
+    double u = (x * pre) * inv_s;
     double e = FX_EXP_NEG(-2.0 * fabs(u));
     double inv = fx_recip_1_2(1.0 + e);
     if (slope != NULL) *slope = (4.0 * e) * (inv * inv);
     return u == u ? copysign(s * ((1.0 - e) * inv), u) : u;
+}
+
+/* fx_cap for one value (the scalar loops of _kernels_c.pyx) */
+static inline double FX_NAME(fx_cap_one)(double x, double s, double *slope)
+{
+    double inv_s, pre = fx_cap_prescale(s, &inv_s);
+    return FX_NAME(fx_cap)(x, s, pre, inv_s, slope);
 }
 
 /* sum_i exp(v_i - m) - 1 without the 1 of the maximum, m = cap(m_raw) (stored in *m_out),
@@ -254,15 +271,15 @@ static inline double FX_NAME(fx_cap)(double x, double s, double inv_s, double *s
 FX_CLONES static double FX_NAME(fx_row_cap_exp_sum)(const FX_T *x, ptrdiff_t n, double s,
                                                     double m_raw, double *m_out)
 {
-    double acc[FX_LANES], count[FX_LANES], inv_s = 1.0 / s;
-    double m = FX_NAME(fx_cap)(m_raw, s, inv_s, NULL);
+    double acc[FX_LANES], count[FX_LANES], inv_s, pre = fx_cap_prescale(s, &inv_s);
+    double m = FX_NAME(fx_cap)(m_raw, s, pre, inv_s, NULL);
     FX_T pad[FX_LANES];
     ptrdiff_t i = 0, rest;
     int j;
     for (j = 0; j < FX_LANES; j++) { acc[j] = 0.0; count[j] = 0.0; }
     for (; i + FX_LANES <= n; i += FX_LANES)
         for (j = 0; j < FX_LANES; j++) {
-            double e = FX_EXP_SHIFTED(FX_NAME(fx_cap)((double)x[i + j], s, inv_s, NULL), m);
+            double e = FX_EXP_SHIFTED(FX_NAME(fx_cap)((double)x[i + j], s, pre, inv_s, NULL), m);
             int at_max = (double)x[i + j] == m_raw;
             acc[j] += at_max ? 0.0 : e;
             count[j] += at_max ? 1.0 : 0.0;
@@ -271,7 +288,7 @@ FX_CLONES static double FX_NAME(fx_row_cap_exp_sum)(const FX_T *x, ptrdiff_t n, 
     if (rest > 0) {
         for (j = 0; j < FX_LANES; j++) pad[j] = j < rest ? x[i + j] : (FX_T)m_raw;
         for (j = 0; j < FX_LANES; j++) {
-            double e = FX_EXP_SHIFTED(FX_NAME(fx_cap)((double)pad[j], s, inv_s, NULL), m);
+            double e = FX_EXP_SHIFTED(FX_NAME(fx_cap)((double)pad[j], s, pre, inv_s, NULL), m);
             int at_max = (double)pad[j] == m_raw;
             acc[j] += at_max ? 0.0 : e;
             count[j] += at_max ? 1.0 : 0.0;
@@ -283,11 +300,11 @@ FX_CLONES static double FX_NAME(fx_row_cap_exp_sum)(const FX_T *x, ptrdiff_t n, 
 }
 
 /* One element of fx_row_cap_grad */
-static inline FX_T FX_NAME(fx_cap_grad_one)(FX_T x, double s, double inv_s, double m, double a,
-                                            double b, double q)
+static inline FX_T FX_NAME(fx_cap_grad_one)(FX_T x, double s, double pre, double inv_s, double m,
+                                            double a, double b, double q)
 {
     double slope;
-    double v = FX_NAME(fx_cap)((double)x, s, inv_s, &slope);
+    double v = FX_NAME(fx_cap)((double)x, s, pre, inv_s, &slope);
     return (FX_T)((a * FX_EXP_SHIFTED(v, m) - b * q) * slope);
 }
 
@@ -298,23 +315,23 @@ FX_CLONES static void FX_NAME(fx_row_cap_grad)(const FX_T *x, FX_T *g, ptrdiff_t
                                                double m, double a, double b, const FX_T *t,
                                                double keep, double spread, const double *w)
 {
-    double inv_s = 1.0 / s;
+    double inv_s, pre = fx_cap_prescale(s, &inv_s);
     ptrdiff_t i;
     if (n < FX_LANES && t == NULL && w == NULL) {
         FX_T buf[FX_LANES];
         int j;
         for (j = 0; j < FX_LANES; j++) buf[j] = j < n ? x[j] : (FX_T)0;
         for (j = 0; j < FX_LANES; j++)
-            buf[j] = FX_NAME(fx_cap_grad_one)(buf[j], s, inv_s, m, a, b, 1.0);
+            buf[j] = FX_NAME(fx_cap_grad_one)(buf[j], s, pre, inv_s, m, a, b, 1.0);
         for (j = 0; j < n; j++) g[j] = buf[j];
         return;
     }
     if (t == NULL && w == NULL)
-        for (i = 0; i < n; i++) g[i] = FX_NAME(fx_cap_grad_one)(x[i], s, inv_s, m, a, b, 1.0);
+        for (i = 0; i < n; i++) g[i] = FX_NAME(fx_cap_grad_one)(x[i], s, pre, inv_s, m, a, b, 1.0);
     else
         for (i = 0; i < n; i++) {
             double q = (t != NULL ? keep * (double)t[i] + spread : 1.0)
                        * (w != NULL ? w[i] : 1.0);
-            g[i] = FX_NAME(fx_cap_grad_one)(x[i], s, inv_s, m, a, b, q);
+            g[i] = FX_NAME(fx_cap_grad_one)(x[i], s, pre, inv_s, m, a, b, q);
         }
 }
