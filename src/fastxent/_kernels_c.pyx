@@ -552,8 +552,6 @@ cdef Py_ssize_t _sparse_tile(const floating* x, Py_ssize_t rs, Py_ssize_t cs, in
                 zcoef[i] = zcoef[i] * grad_rows[i * grad_rows_s]
         else:
             zcoef[i] = 0.0
-    for i in range(rows, FX_TILE):
-        zcoef[i] = 0.0
     _tile_stats(x, rs, cs, rows, n, g, grs, gcs, coef, m, s_rest, log_s,
                 zcoef if z_loss != 0.0 else NULL)
     for i in range(rows):
@@ -896,14 +894,13 @@ cdef inline double _cap(const floating* like, double v, double softcap) noexcept
         return fx_cap_one_f64(v, softcap, NULL)
 
 
-cdef inline double _cap_slope(const floating* like, double v, double softcap) noexcept nogil:
-    """d/dv of _cap: 1 - tanh^2(v / s) = 4 e / (1 + e)^2, e = exp(-2|v / s|)."""
-    cdef double slope
+cdef inline double _cap_slope(const floating* like, double v, double softcap,
+                              double* slope) noexcept nogil:
+    """_cap, and its derivative 1 - tanh^2(v / s) = 4 e / (1 + e)^2 into ``slope`` (one exp)."""
     if floating is float:
-        fx_cap_one_f32(v, softcap, &slope)
+        return fx_cap_one_f32(v, softcap, slope)
     else:
-        fx_cap_one_f64(v, softcap, &slope)
-    return slope
+        return fx_cap_one_f64(v, softcap, slope)
 
 
 cdef inline double _exp_capped(const floating* like, double v, double m) noexcept nogil:
@@ -952,7 +949,8 @@ cdef void _sparse_row_extra(const floating* x, Py_ssize_t n, Py_ssize_t xs, Py_s
     cdef double w_y = weight[y] if weight != NULL else 1.0
     cdef double k_coef = smoothing / n, a_coef, g_c, z_coef
     cdef double x_y = x[y * xs]  # read now: the gradient may overwrite x (in place)
-    cdef double v_y = _cap(x, x_y, softcap)
+    cdef double slope, slope_y
+    cdef double v_y = _cap_slope(x, x_y, softcap, &slope_y)
     cdef Py_ssize_t c
     s_rest = _cap_row_stats(x, n, xs, softcap, &m_raw, &m, &log_s)
     if x_y == m_raw:
@@ -983,11 +981,10 @@ cdef void _sparse_row_extra(const floating* x, Py_ssize_t n, Py_ssize_t xs, Py_s
                                 grad_coef * k_coef, NULL, 0.0, 0.0, weight)
     else:
         for c in range(n):
-            v = _cap(x, <double>x[c * xs], softcap)
+            v = _cap_slope(x, <double>x[c * xs], softcap, &slope)
             w_c = weight[c] if weight != NULL else 1.0
             g[c * gs] = <floating>(grad_coef * (a_coef * _exp_capped(x, v, m) * inv_s
-                                                - k_coef * w_c)
-                                   * _cap_slope(x, <double>x[c * xs], softcap))
+                                                - k_coef * w_c) * slope)
     # the label's class: - (1 - eps) w_y, without cancellation when y is the maximum
     # (p_y - 1 = -s_rest / s there)
     if x_y == m_raw:
@@ -997,7 +994,7 @@ cdef void _sparse_row_extra(const floating* x, Py_ssize_t n, Py_ssize_t xs, Py_s
         p = _exp_capped(x, v_y, m) * inv_s
         g_c = (1.0 - smoothing) * w_y * (p - 1.0)
     g_c = g_c + k_coef * (weight_sum * p - w_y) + z_coef * p
-    g[y * gs] = <floating>(grad_coef * g_c * _cap_slope(x, x_y, softcap))
+    g[y * gs] = <floating>(grad_coef * g_c * slope_y)
 
 
 cdef void _dense_row_extra(const floating* x, Py_ssize_t n, Py_ssize_t xs, const floating* t,
@@ -1007,7 +1004,7 @@ cdef void _dense_row_extra(const floating* x, Py_ssize_t n, Py_ssize_t xs, const
     """_dense_row with a softcap: with q_c = w_c ((1 - eps) t_c + eps / C), Q = sum q,
     loss = Q log s - sum_c q_c (v_c - m) + z lse^2, d loss / d v_c = (Q + 2 z lse) p_c - q_c,
     times dv_c / dx_c. ``g`` may alias ``x``, never ``t``."""
-    cdef double m, m_raw, log_s, s_rest, lse, inv_s, q, v, mass = 0.0, dot = 0.0, a_coef
+    cdef double m, m_raw, log_s, s_rest, lse, inv_s, q, v, slope, mass = 0.0, dot = 0.0, a_coef
     cdef double keep = 1.0 - smoothing, spread = smoothing / n
     cdef Py_ssize_t c
     s_rest = _cap_row_stats(x, n, xs, softcap, &m_raw, &m, &log_s)
@@ -1039,6 +1036,5 @@ cdef void _dense_row_extra(const floating* x, Py_ssize_t n, Py_ssize_t xs, const
         q = keep * t[c * ts] + spread
         if weight != NULL:
             q = q * weight[c]
-        v = _cap(x, <double>x[c * xs], softcap)
-        g[c * gs] = <floating>(grad_coef * (a_coef * _exp_capped(x, v, m) - q)
-                               * _cap_slope(x, <double>x[c * xs], softcap))
+        v = _cap_slope(x, <double>x[c * xs], softcap, &slope)
+        g[c * gs] = <floating>(grad_coef * (a_coef * _exp_capped(x, v, m) - q) * slope)

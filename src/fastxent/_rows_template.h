@@ -264,6 +264,21 @@ static inline double FX_NAME(fx_cap_one)(double x, double s, double *slope)
     return FX_NAME(fx_cap)(x, s, pre, inv_s, slope);
 }
 
+/* One block of FX_LANES elements of fx_row_cap_exp_sum: acc += exp(cap(x) - m) for x != m_raw,
+ * count the x == m_raw */
+static inline void FX_NAME(fx_cap_exp_sum_block)(const FX_T *x, double s, double pre,
+                                                 double inv_s, double m_raw, double m,
+                                                 double *acc, double *count)
+{
+    int j;
+    for (j = 0; j < FX_LANES; j++) {
+        double e = FX_EXP_SHIFTED(FX_NAME(fx_cap)((double)x[j], s, pre, inv_s, NULL), m);
+        int at_max = (double)x[j] == m_raw;
+        acc[j] += at_max ? 0.0 : e;
+        count[j] += at_max ? 1.0 : 0.0;
+    }
+}
+
 /* sum_i exp(v_i - m) - 1 without the 1 of the maximum, m = cap(m_raw) (stored in *m_out),
  * m_raw the row's raw maximum: the terms with x_i == m_raw are counted, not summed (compared
  * raw, so the count does not depend on how the cap rounds). The last partial block goes through
@@ -278,21 +293,11 @@ FX_CLONES static double FX_NAME(fx_row_cap_exp_sum)(const FX_T *x, ptrdiff_t n, 
     int j;
     for (j = 0; j < FX_LANES; j++) { acc[j] = 0.0; count[j] = 0.0; }
     for (; i + FX_LANES <= n; i += FX_LANES)
-        for (j = 0; j < FX_LANES; j++) {
-            double e = FX_EXP_SHIFTED(FX_NAME(fx_cap)((double)x[i + j], s, pre, inv_s, NULL), m);
-            int at_max = (double)x[i + j] == m_raw;
-            acc[j] += at_max ? 0.0 : e;
-            count[j] += at_max ? 1.0 : 0.0;
-        }
+        FX_NAME(fx_cap_exp_sum_block)(x + i, s, pre, inv_s, m_raw, m, acc, count);
     rest = n - i;
     if (rest > 0) {
         for (j = 0; j < FX_LANES; j++) pad[j] = j < rest ? x[i + j] : (FX_T)m_raw;
-        for (j = 0; j < FX_LANES; j++) {
-            double e = FX_EXP_SHIFTED(FX_NAME(fx_cap)((double)pad[j], s, pre, inv_s, NULL), m);
-            int at_max = (double)pad[j] == m_raw;
-            acc[j] += at_max ? 0.0 : e;
-            count[j] += at_max ? 1.0 : 0.0;
-        }
+        FX_NAME(fx_cap_exp_sum_block)(pad, s, pre, inv_s, m_raw, m, acc, count);
     }
     *m_out = m;
     return fx_combine(acc) + ((fx_combine(count) - (double)(rest > 0 ? FX_LANES - rest : 0))
