@@ -67,7 +67,8 @@ cdef extern from "_rows.h" nogil:
     # Logit softcap on contiguous rows (the z-loss/softcap section at the end).
     double fx_cap_one_f32(double x, double s, double* slope)
     double fx_cap_one_f64(double x, double s, double* slope)
-    double fx_exp_neg_f32(double d)
+    double fx_exp_capped_f32(double v, double m)
+    double fx_exp_capped_f64(double v, double m)
     double fx_row_cap_exp_sum_f32(const float* x, Py_ssize_t n, double s, double m_raw, double* m_out)
     double fx_row_cap_exp_sum_f64(const double* x, Py_ssize_t n, double s, double m_raw, double* m_out)
     void fx_row_cap_grad_f32(const float* x, float* g, Py_ssize_t n, double s, double m, double a,
@@ -906,9 +907,9 @@ cdef inline double _cap_slope(const floating* like, double v, double softcap,
 cdef inline double _exp_capped(const floating* like, double v, double m) noexcept nogil:
     """exp(v - m) for a capped logit v <= m, with the exp of the contiguous loops."""
     if floating is float:
-        return fx_exp_neg_f32(v - m)
+        return fx_exp_capped_f32(v, m)
     else:
-        return fx_exp_shifted_f64(v, m)
+        return fx_exp_capped_f64(v, m)
 
 
 cdef inline double _cap_row_stats(const floating* x, Py_ssize_t n, Py_ssize_t xs,

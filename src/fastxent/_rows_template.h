@@ -264,6 +264,13 @@ static inline double FX_NAME(fx_cap_one)(double x, double s, double *slope)
     return FX_NAME(fx_cap)(x, s, pre, inv_s, slope);
 }
 
+/* exp(v - m) for a capped logit v <= m (the scalar loops of _kernels_c.pyx): FX_EXP_SHIFTED,
+ * the exp of the contiguous loops */
+static inline double FX_NAME(fx_exp_capped)(double v, double m)
+{
+    return FX_EXP_SHIFTED(v, m);
+}
+
 /* One block of FX_LANES elements of fx_row_cap_exp_sum: acc += exp(cap(x) - m) for x != m_raw,
  * count the x == m_raw */
 static inline void FX_NAME(fx_cap_exp_sum_block)(const FX_T *x, double s, double pre,
