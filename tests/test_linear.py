@@ -280,6 +280,23 @@ def test_vocab_chunked_path_matches_unfused_reference(backend, dtype, vocab_path
     np.testing.assert_array_equal(alone, loss)
 
 
+@pytest.mark.parametrize("path", ["rows", "vocabulary"])
+def test_a_softcap_far_above_the_logits_changes_nothing(backend, dtype, path, request):
+    # both paths: the row path's kernel once lost every digit of tanh(x / s) for s >> x
+    taken = request.getfixturevalue("vocab_path") if path == "vocabulary" else None
+    rng = np.random.default_rng(5)
+    hidden, weight, bias, target = _inputs(rng, dtype)
+    chunk_size = 4 if path == "rows" else None
+    capped = fastxent.linear_cross_entropy_with_grad(hidden, weight, target, bias=bias,
+                                                     softcap=1e20, chunk_size=chunk_size)
+    plain = fastxent.linear_cross_entropy_with_grad(hidden, weight, target, bias=bias,
+                                                    chunk_size=chunk_size)
+    assert taken is None or taken, "the vocabulary-chunked path was not taken"
+    eps = np.finfo(dtype).eps
+    for got, want in zip(capped, plain):
+        _close(got, want, 8 * eps)
+
+
 def test_vocab_chunked_path_all_ignored_and_zero_rows(backend, vocab_path):
     rng = np.random.default_rng(12)
     hidden, weight, bias, _ = _inputs(rng, np.float64)

@@ -199,6 +199,45 @@ def test_softcap_tiny_loss_of_a_dominant_label_is_accurate(backend, dtype, n_cla
         np.testing.assert_allclose(loss.astype(np.longdouble), exact, rtol=rtol, atol=0)
 
 
+@pytest.mark.parametrize("softcap", [1e10, 1e20, 1e300])
+@pytest.mark.parametrize("n_classes", [5, 40])  # tile path (C <= 32) and row path
+@pytest.mark.parametrize("sparse", [True, False])
+def test_a_softcap_far_above_the_logits_changes_nothing(backend, dtype, softcap, n_classes,
+                                                        sparse):
+    # s tanh(x / s) is x to within rounding here ((x / s)^2 / 3 < 1e-17). tanh = (1 - e) / (1 + e)
+    # with 1 - e computed as such cancelled: the error grew like s and, once e rounded to 1,
+    # every capped logit was 0 (the loss log C, whatever the logits)
+    rng = np.random.default_rng(8)
+    x, y = _case(rng, c=n_classes)
+    x = x.astype(dtype)
+    target = y if sparse else rng.dirichlet(np.ones(n_classes), len(y)).astype(dtype)
+    loss, grad = fastxent.cross_entropy_with_grad(x, target, reduction="none", softcap=softcap)
+    plain_loss, plain_grad = fastxent.cross_entropy_with_grad(x, target, reduction="none")
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(loss, plain_loss, rtol=8 * eps, atol=0)
+    np.testing.assert_allclose(grad, plain_grad, rtol=0, atol=8 * eps * np.abs(plain_grad).max())
+
+
+@pytest.mark.parametrize("softcap", [0.5, 3.0, 30.0, 1e3, 1e6, 1e12])
+def test_softcapped_float32_loss_within_an_ulp(backend, softcap):
+    # every scale of x / s, from tanh's saturation to its linear part; labels at the row maximum
+    # (tiny losses) included. Reference: long double, the loss as log1p of the other terms
+    # (lse - v_y would lose a tiny loss to the rounding of lse).
+    rng = np.random.default_rng(9)
+    for scale in (0.1, 1.0, 4.0, 20.0):
+        x = (rng.standard_normal((200, 50)) * scale).astype(np.float32)
+        y = rng.integers(0, 50, 200)
+        y[:50] = np.argmax(x[:50], axis=1)
+        v = softcap * np.tanh(x.astype(np.longdouble) / softcap)
+        rows = np.arange(len(y))
+        rest = np.exp(v - v[rows, y][:, None])
+        rest[rows, y] = 0.0
+        exact = np.log1p(rest.sum(axis=1))
+        loss = fastxent.cross_entropy(x, y, reduction="none", softcap=softcap)
+        ulp = np.spacing(exact.astype(np.float32)).astype(np.longdouble)
+        assert np.max(np.abs(loss.astype(np.longdouble) - exact) / ulp) <= 1.0
+
+
 def test_tiny_softcap_divides_without_overflow(backend, dtype):
     # 1 / s overflows for s below 2**-1024: x / s must not become 0 * inf
     s = 1e-310

@@ -49,6 +49,8 @@
  *  - fx_exp_neg_f32: for float32 data, degree 7 (truncation 6e-9 relative, a tenth of a
  *    float32 ulp, still accumulated in double) and results below 2^-1022 flushed to 0: they
  *    are below anything a float32 result can hold, next to the 1 of the row maximum.
+ *  - fx_exp_em1_neg_f64 / _f32: the same exp, and exp(d) - 1 beside it from the same
+ *    polynomial (for softcap's tanh, where 1 - exp(d) would cancel for d near 0).
  * --------------------------------------------------------------------------------------- */
 static inline double fx_bits_to_double(uint64_t u) { double d; memcpy(&d, &u, 8); return d; }
 static inline uint64_t fx_double_to_bits(double d) { uint64_t u; memcpy(&u, &d, 8); return u; }
@@ -75,12 +77,11 @@ static inline double fx_exp_reduce(double t, double *r)
     return shifted;
 }
 
-/* exp(d + lo), where lo is a correction far below an ulp of d */
-static inline double fx_exp_neg_f64(double d, double lo)
+/* (exp(r) - 1) / r for |r| <= ln2 / 2: the Taylor polynomial of exp without its constant term,
+ * so that exp(r) = P r + 1 (the last Horner step, one FMA where there is one) and exp(r) - 1 =
+ * P r, which has a small relative error however small r is (where 1 - exp(r) cancels) */
+static inline double fx_exp_poly_f64(double r)
 {
-    double t = d >= FX_EXP_MIN ? d : FX_EXP_MIN; /* NaN and -inf are fixed up at the end */
-    double r, shifted = fx_exp_reduce(t, &r), kf = shifted - FX_SHIFTER;
-    r += lo;
     double p = 1.0 / 6227020800.0;
     p = p * r + 1.0 / 479001600.0;
     p = p * r + 1.0 / 39916800.0;
@@ -93,32 +94,66 @@ static inline double fx_exp_neg_f64(double d, double lo)
     p = p * r + 1.0 / 24.0;
     p = p * r + 1.0 / 6.0;
     p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
+    return p * r + 1.0;
+}
+
+/* exp(d + lo), where lo is a correction far below an ulp of d; and, when em1 is not NULL,
+ * exp(d + lo) - 1 = 2^k P r + (2^k - 1) into *em1 (d not NaN): P r itself when k = 0 */
+static inline double fx_exp_em1_neg_f64(double d, double lo, double *em1)
+{
+    double t = d >= FX_EXP_MIN ? d : FX_EXP_MIN; /* NaN and -inf are fixed up at the end */
+    double r, shifted = fx_exp_reduce(t, &r), kf = shifted - FX_SHIFTER;
+    r += lo;
+    double poly = fx_exp_poly_f64(r);
     /* 2^k = 2^k1 * 2^k2 with k1 = round(k / 2): both halves are normal for k >= -1075 */
     double k1 = (kf * 0.5 + FX_SHIFTER) - FX_SHIFTER;
-    double result = (p * fx_pow2_from_shifted(k1 + FX_SHIFTER))
-                    * fx_pow2_from_shifted((kf - k1) + FX_SHIFTER);
+    double h1 = fx_pow2_from_shifted(k1 + FX_SHIFTER);
+    double h2 = fx_pow2_from_shifted((kf - k1) + FX_SHIFTER);
+    double result;
+    if (em1 == NULL) {
+        result = ((poly * r + 1.0) * h1) * h2;
+    } else { /* P r is needed alone: h1 (P r) + h1 is h1 (1 + P r), one FMA */
+        double q = poly * r, p2k = h1 * h2; /* p2k: 0 below 2^-1074, where expm1 is -1 */
+        result = (h1 * q + h1) * h2;
+        *em1 = p2k * q + (p2k - 1.0);
+    }
     result = d >= FX_EXP_MIN ? result : 0.0;
     return d == d ? result : d;
 }
 
-static inline double fx_exp_neg_f32(double d)
+static inline double fx_exp_neg_f64(double d, double lo) { return fx_exp_em1_neg_f64(d, lo, NULL); }
+
+/* fx_exp_poly_f64 for float32 data: degree 7 */
+static inline double fx_exp_poly_f32(double r)
 {
-    double t = d >= FX_EXP_NORMAL ? d : FX_EXP_NORMAL;
-    double r, shifted = fx_exp_reduce(t, &r);
     double p = 1.0 / 5040.0;
     p = p * r + 1.0 / 720.0;
     p = p * r + 1.0 / 120.0;
     p = p * r + 1.0 / 24.0;
     p = p * r + 1.0 / 6.0;
     p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
-    double result = p * fx_pow2_from_shifted(shifted);
+    return p * r + 1.0;
+}
+
+/* fx_exp_em1_neg_f64 for float32 data (no lo; results below 2^-1022 flushed to 0) */
+static inline double fx_exp_em1_neg_f32(double d, double *em1)
+{
+    double t = d >= FX_EXP_NORMAL ? d : FX_EXP_NORMAL;
+    double r, shifted = fx_exp_reduce(t, &r);
+    double poly = fx_exp_poly_f32(r), p2k = fx_pow2_from_shifted(shifted);
+    double result;
+    if (em1 == NULL) {
+        result = (poly * r + 1.0) * p2k;
+    } else { /* as in fx_exp_em1_neg_f64 */
+        double q = poly * r;
+        result = p2k * q + p2k;
+        *em1 = p2k * q + (p2k - 1.0);
+    }
     result = d >= FX_EXP_NORMAL ? result : 0.0;
     return d == d ? result : d;
 }
+
+static inline double fx_exp_neg_f32(double d) { return fx_exp_em1_neg_f32(d, NULL); }
 
 /* exp(x - m) for x <= m, with the subtraction exact: for float data (double)x - m is exact;
  * for double data x - m is rounded, and exp turns an absolute error of half an ulp of 30 into
@@ -203,21 +238,25 @@ static inline double fx_combine(const double *lanes)
 #define FX_SUFFIX f32
 #define FX_NAME(base) FX_NAME2(base, FX_SUFFIX)
 #define FX_EXP_NEG(d) fx_exp_neg_f32(d)
+#define FX_EXP_EM1_NEG(d, em1) fx_exp_em1_neg_f32((d), (em1))
 #define FX_EXP_SHIFTED(v, m) fx_exp_neg_f32((v) - (m))
 #include "_rows_template.h"
 #undef FX_T
 #undef FX_SUFFIX
 #undef FX_EXP_NEG
+#undef FX_EXP_EM1_NEG
 #undef FX_EXP_SHIFTED
 
 #define FX_T double
 #define FX_SUFFIX f64
 #define FX_EXP_NEG(d) fx_exp_neg_f64((d), 0.0)
+#define FX_EXP_EM1_NEG(d, em1) fx_exp_em1_neg_f64((d), 0.0, (em1))
 #define FX_EXP_SHIFTED(v, m) fx_exp_shifted_f64((v), (m))
 #include "_rows_template.h"
 #undef FX_T
 #undef FX_SUFFIX
 #undef FX_EXP_NEG
+#undef FX_EXP_EM1_NEG
 #undef FX_EXP_SHIFTED
 #undef FX_NAME
 

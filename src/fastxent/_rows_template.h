@@ -241,9 +241,11 @@ FX_CLONES static void FX_NAME(fx_row_dense_grad)(FX_T *g, const FX_T *t, ptrdiff
 /* ---------------------------------------------------------------------------------------
  * Logit softcap (v = s tanh(x / s)): see the z-loss/softcap section of _kernels_c.pyx.
  * tanh(u) = sign(u) (1 - e) / (1 + e) and 1 - tanh^2(u) = 4 e / (1 + e)^2 with e = exp(-2|u|):
- * one exp and one reciprocal per element for both, vectorisable. The exp is the type's
- * (FX_EXP_NEG: the float32-grade one for float data, whose relative error of 6e-9 moves v by at
- * most 3e-9 s; the double one for double data), and so is exp(v - m) (FX_EXP_SHIFTED).
+ * one exp and one reciprocal per element for both, vectorisable. 1 - e is taken as -expm1(-2|u|)
+ * from the exp's own polynomial (FX_EXP_EM1_NEG): for |u| far below 1 (a softcap far above the
+ * logits) 1 - e would cancel, and with it every digit of tanh(u) ~ u. The exp is the type's
+ * (the float32-grade one for float data, relative error below 2e-8 on e and e - 1, so on v; the
+ * double one for double data), and so is exp(v - m) (FX_EXP_SHIFTED).
  * --------------------------------------------------------------------------------------- */
 
 /* s tanh(x / s) (pre and inv_s from fx_cap_prescale(s); NaN stays NaN, +-inf gives +-s), and
@@ -251,10 +253,10 @@ FX_CLONES static void FX_NAME(fx_row_dense_grad)(FX_T *g, const FX_T *t, ptrdiff
 static inline double FX_NAME(fx_cap)(double x, double s, double pre, double inv_s, double *slope)
 {
     double u = (x * pre) * inv_s;
-    double e = FX_EXP_NEG(-2.0 * fabs(u));
+    double em1, e = FX_EXP_EM1_NEG(-2.0 * fabs(u), &em1);
     double inv = fx_recip_1_2(1.0 + e);
     if (slope != NULL) *slope = (4.0 * e) * (inv * inv);
-    return u == u ? copysign(s * ((1.0 - e) * inv), u) : u;
+    return u == u ? copysign(s * (-em1 * inv), u) : u;
 }
 
 /* fx_cap for one value (the scalar loops of _kernels_c.pyx) */
