@@ -377,6 +377,39 @@ def test_out_overlapping_other_inputs_is_rejected(backend, dtype):
         fastxent.cross_entropy_with_grad(x, y, reduction="none", grad_output=grad_output, out=buf[1:])
 
 
+def test_out_overlapping_an_input_given_as_a_buffer_is_rejected(backend, dtype):
+    # np.asarray of a memoryview (or a tensor) views its memory: the check must look through it
+    x, y = _data(dtype)
+    big = np.zeros((N + 1, C), dtype=dtype)
+    big[:N] = x
+    with pytest.raises(ValueError, match="overlaps x"):
+        fastxent.softmax(memoryview(big[:N]), out=big[1:])
+    with pytest.raises(ValueError, match="overlaps input"):
+        fastxent.cross_entropy_with_grad(memoryview(big[:N]), y, out=big[1:])
+    probs = np.zeros((N + 1, C), dtype=dtype)
+    with pytest.raises(ValueError, match="overlaps target"):
+        fastxent.cross_entropy_with_grad(x, memoryview(probs[1:]), out=probs[:N])
+    buf = np.ones((N + 1, C), dtype=dtype)
+    with pytest.raises(ValueError, match="overlaps grad_output"):
+        fastxent.cross_entropy_with_grad(x, y, reduction="none",
+                                         grad_output=memoryview(buf.reshape(-1)[:N]), out=buf[1:])
+    # exact aliasing through a buffer is the in-place computation, as out=input is
+    work = big[:N].copy()
+    loss, grad = fastxent.cross_entropy_with_grad(memoryview(work), y, out=work)
+    want_loss, want_grad = fastxent.cross_entropy_with_grad(x, y)
+    assert grad is work and loss == want_loss
+    np.testing.assert_array_equal(work, want_grad)
+
+
+def test_out_overlapping_a_tensor_input_is_rejected(backend):
+    torch = pytest.importorskip("torch")
+    x, y = _data(np.float64)
+    big = torch.zeros((N + 1, C), dtype=torch.float64)
+    big[:N] = torch.from_numpy(x)
+    with pytest.raises(ValueError, match="overlaps input"):
+        fastxent.cross_entropy_with_grad(big[:N], y, out=big.numpy()[1:])
+
+
 # ---------------------------------------------------------------------------------- result types
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])

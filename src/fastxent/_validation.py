@@ -241,13 +241,30 @@ def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
                        and a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype))
 
 
+def _shared_view(value: Any) -> np.ndarray | None:
+    """The array NumPy reads ``value`` as, when that may be ``value``'s own memory (an ndarray,
+    or a memoryview, torch tensor or other buffer that np.asarray views without a copy); None
+    for what np.asarray always copies (None, scalars, lists, tuples)."""
+    if isinstance(value, np.ndarray):
+        return value
+    if value is None or isinstance(value, (numbers.Number, str, list, tuple)):
+        return None
+    try:
+        return np.asarray(value)
+    except Exception:  # what could not be read as an array was rejected before, or is copied
+        return None
+
+
 def no_overlap(out: np.ndarray, inputs: dict[str, Any], in_place_ok: Any = None) -> None:
     """Raise ValueError if ``out`` shares memory with an input, except exact in-place aliasing
-    of ``in_place_ok`` (the one input a kernel may overwrite element by element)."""
-    for name, arr in inputs.items():
-        if not isinstance(arr, np.ndarray) or not np.may_share_memory(out, arr):
+    of ``in_place_ok`` (the one input a kernel may overwrite element by element). Inputs that
+    are not ndarrays are checked through the array that views them (a memoryview or a tensor
+    shares its memory with it)."""
+    for name, value in inputs.items():
+        arr = _shared_view(value)
+        if arr is None or not np.may_share_memory(out, arr):
             continue  # the memory bounds do not even meet: the common case, checked fast
-        if arr is in_place_ok and _same_memory(out, arr):
+        if value is in_place_ok and _same_memory(out, arr):
             continue
         try:
             overlaps = np.shares_memory(out, arr, max_work=1 << 20)
@@ -255,7 +272,7 @@ def no_overlap(out: np.ndarray, inputs: dict[str, Any], in_place_ok: Any = None)
             overlaps = True
         if overlaps:
             raise ValueError(f"out overlaps {name}; only out={name} exactly (in place) is allowed"
-                             if arr is in_place_ok else f"out overlaps {name}")
+                             if value is in_place_ok else f"out overlaps {name}")
 
 
 def bad_label_error(labels: np.ndarray, n_classes: int, ignore_index: int | None) -> IndexError:
