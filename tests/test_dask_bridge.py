@@ -141,6 +141,34 @@ def test_all_targets_ignored_is_nan_with_zero_gradient(backend, dtype):
     assert fxd.cross_entropy(x, np.full(6, -100), reduction="sum").compute() == 0
 
 
+def test_targets_whose_classes_all_weigh_zero_give_the_in_memory_nan_gradient(backend, dtype):
+    # mean over counted targets of total weight 0: PyTorch's gradient is go / 0 = NaN (not the
+    # zeros of "every target ignored")
+    x = _rng("zero weight", dtype).standard_normal((6, 3)).astype(dtype)
+    t = np.array([0, 0, 1, -100, 0, 1])
+    w = np.array([0.0, 0.0, 1.0])
+    expected = fastxent.cross_entropy_with_grad(x, t, weight=w)
+    loss, grad = da.compute(*fxd.cross_entropy_with_grad(da.from_array(x, chunks=(2, 3)), t,
+                                                         weight=w))
+    assert np.isnan(expected[0]) and np.isnan(loss)
+    np.testing.assert_array_equal(grad, expected[1], strict=True)
+    assert np.isnan(grad[[0, 1, 2, 4, 5]]).all() and not grad[3].any()
+
+
+def test_huge_class_weights_do_not_overflow_the_mean(backend, dtype):
+    # the total weight (3e308 here) overflows: the mean is taken with the weights scaled by a
+    # power of two, as in memory (another power: subnormal gradients may round differently)
+    x = _rng("huge weight", dtype).standard_normal((6, 3)).astype(dtype)
+    t = np.array([0, 0, 1, 1, 0, 2])
+    for w in (np.full(3, 1e308), np.array([1e308, 1e-300, 2.0])):
+        expected = fastxent.cross_entropy_with_grad(x, t, weight=w)
+        loss, grad = da.compute(*fxd.cross_entropy_with_grad(da.from_array(x, chunks=(2, 3)), t,
+                                                             weight=w))
+        assert np.isfinite(expected[0])
+        _assert_ulps(loss, expected[0])
+        _assert_close_to_scale(grad, expected[1])
+
+
 def test_one_dimensional_input_is_one_row(backend):
     x = np.array([1.0, 2.0, 3.0])
     for reduction in REDUCTIONS:

@@ -110,10 +110,25 @@ def _divide(total: np.ndarray, denominator: np.ndarray, result: np.dtype) -> np.
     return np.asarray(float(total) / d if d != 0.0 else math.nan, dtype=result)
 
 
-def _grad_scale(grad_output: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    # as in memory: mean over nothing has an all-zero gradient
+def _grad_scale(grad_output: np.ndarray, denominator: np.ndarray, counted: np.ndarray) -> np.ndarray:
+    # as in memory: mean over nothing has an all-zero gradient; mean over targets whose classes
+    # all weigh 0 has PyTorch's go / 0 = NaN
     d = float(denominator)
-    return np.asarray(float(grad_output) / d if d != 0.0 else 0.0)
+    if d != 0.0:
+        return np.asarray(float(grad_output) / d)
+    return np.asarray(math.nan if float(counted) != 0.0 else 0.0)
+
+
+def _mean_weight_shift(weight: np.ndarray | None, n_rows: int) -> int:
+    """An exponent that keeps the ``mean`` denominator, a sum of up to ``n_rows`` weights, and
+    every weighted row loss finite: 0 unless that sum could overflow, then the one that brings
+    the largest weight below 1. The in-memory call rescales by the total it has counted (see
+    ``_api._shift_for_mean``); here the total is lazy, so the bound is taken instead. A power of
+    two: the mean and its gradient keep their bits."""
+    if weight is None or n_rows == 0 or not weight.max() > 0.0:
+        return 0
+    top = int(np.frexp(weight.max())[1])  # weight.max() < 2**top
+    return -top if top + int(n_rows).bit_length() > 1000 else 0
 
 
 # ------------------------------------------------------------------------------------------
@@ -180,9 +195,10 @@ def _second(pair: tuple) -> np.ndarray:
 
 def _run(x: da.Array, labels: Any, axis: int, fn: Callable, *, sparse: bool, reduction: str,
          result: np.dtype, denominator: Any, grad_output: Any, with_grad: bool,
-         ignore_index: int | None, n_threads: int | None) -> Any:
+         ignore_index: int | None, n_threads: int | None, counted: Any = None) -> Any:
     """The lazy loss (and gradient) of ``fn`` (an in-memory fastxent function of one block,
-    reduction "none") over the blocks of ``x``; ``axis`` is the class axis, in one chunk."""
+    reduction "none") over the blocks of ``x``; ``axis`` is the class axis, in one chunk.
+    ``counted``: the number of targets not ignored, when ``denominator`` is a sum of weights."""
     x = _whole_axis(x, axis)
     loss_chunks = x.chunks[:axis] + x.chunks[axis + 1:]
     if sparse:
@@ -199,8 +215,10 @@ def _run(x: da.Array, labels: Any, axis: int, fn: Callable, *, sparse: bool, red
             rows = da.broadcast_to(da.asarray(grad_output), tuple(x.shape[:axis] + x.shape[axis + 1:]))
             args.append(da.expand_dims(_aligned(rows, loss_chunks), axis))
         else:
-            args.append(da.map_blocks(_grad_scale, da.asarray(grad_output), da.asarray(denominator),
-                                      dtype=np.float64, meta=np.empty((), np.float64)))
+            args.append(da.map_blocks(
+                _grad_scale, da.asarray(grad_output), da.asarray(denominator),
+                da.asarray(denominator if counted is None else counted),
+                dtype=np.float64, meta=np.empty((), np.float64)))
 
     keep = "rows" if reduction == "none" else "sum"
     if keep == "rows":
@@ -265,15 +283,25 @@ def _torch_call(input: Any, target: Any, weight: Any, ignore_index: Any, reducti
             raise ValueError(f"target shape {t.shape} does not match input shape {x.shape}: "
                              f"expected target of shape {loss_shape}")
         ty = _aligned(t, x.chunks[:1] + x.chunks[2:])
-        denominator: Any = _sum_partials(da.map_blocks(
-            _weight_total_block, ty, weight=w, ignore_index=ignore, n_classes=c, ndim=ty.ndim,
-            chunks=_ones_chunks(ty), dtype=np.float64, meta=np.empty((0,) * ty.ndim)))
+        shift = _mean_weight_shift(w, math.prod(loss_shape)) if reduction == "mean" else 0
+        if shift:
+            w = np.ldexp(w, shift)
+
+        def total(weight: np.ndarray | None) -> da.Array:
+            return _sum_partials(da.map_blocks(
+                _weight_total_block, ty, weight=weight, ignore_index=ignore, n_classes=c,
+                ndim=ty.ndim, chunks=_ones_chunks(ty), dtype=np.float64,
+                meta=np.empty((0,) * ty.ndim)))
+
+        denominator: Any = total(w)
+        counted = total(None) if w is not None else None
         t = ty
     elif t.dtype.kind == "f":
         if t.shape != x.shape:
             raise ValueError(f"target (class probabilities) shape {t.shape} does not match "
                              f"input shape {x.shape}")
         denominator = float(math.prod(loss_shape))  # probability targets: mean over the rows
+        counted = None
     else:
         raise TypeError("target must be integer class indices or floating class probabilities; "
                         f"got dtype {t.dtype}")
@@ -284,7 +312,7 @@ def _torch_call(input: Any, target: Any, weight: Any, ignore_index: Any, reducti
     fn = _Partial(call, weight=w, ignore_index=ignore, reduction="none", label_smoothing=smoothing)
     out = _run(x, t, 1, fn, sparse=sparse, reduction=reduction, result=result,
                denominator=denominator, grad_output=grad_output, with_grad=with_grad,
-               ignore_index=ignore if sparse else None, n_threads=n_threads)
+               ignore_index=ignore if sparse else None, n_threads=n_threads, counted=counted)
     return _squeeze_row(out) if one_row else out
 
 
