@@ -207,6 +207,12 @@ def test_argument_errors_raise_when_the_graph_is_built():
         fxd.cross_entropy(x, np.zeros(4, bool))
     with pytest.raises(ValueError, match="zero classes"):
         fxd.cross_entropy(da.zeros((4, 0)), np.zeros(4, int))
+    for call in (lambda **kw: fxd.cross_entropy(x, np.zeros(4, int), **kw),
+                 lambda **kw: fxd.sparse_softmax_cross_entropy_with_logits(np.zeros(4, int), x, **kw),
+                 lambda **kw: fxd.softmax_cross_entropy_with_logits_and_grad(x, x, **kw),
+                 lambda **kw: fxd.softmax(x, **kw)):
+        with pytest.raises(ValueError, match="n_threads"):
+            call(n_threads=0)
 
 
 # ------------------------------------------------------------------------------------------

@@ -45,3 +45,15 @@ def test_readme_tour_prints_what_it_shows(backend):
     test = doctest.DocTestParser().get_doctest(text, {}, "README.md", str(README), 0)
     failures = _failures(test)
     assert not failures, "\n".join(failures)
+
+
+def test_python_m_fastxent_examples_match_on_each_backend(backend):
+    from fastxent import __main__ as main_module
+    for description, got, published, tolerance in main_module._examples():
+        assert np.allclose(got, published, rtol=tolerance, atol=0.0), description
+
+
+def test_python_m_fastxent_says_slower_when_it_is():
+    from fastxent import __main__ as main_module
+    assert main_module._speed(3.0, 1.0) == "fastxent is   3.0x faster"
+    assert main_module._speed(0.7, 1.0) == "fastxent is   1.4x slower"

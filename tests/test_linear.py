@@ -297,6 +297,28 @@ def test_a_softcap_far_above_the_logits_changes_nothing(backend, dtype, path, re
         _close(got, want, 8 * eps)
 
 
+@pytest.mark.parametrize("path", ["rows", "vocabulary"])
+def test_an_ignored_row_whose_logits_overflow_has_no_effect(backend, dtype, path, request):
+    # "0 loss, 0 gradient, whatever its logits": its lse is inf, and 0 * inf must not become a
+    # NaN that G.T @ hidden spreads over all of grad_weight
+    taken = request.getfixturevalue("vocab_path") if path == "vocabulary" else None
+    rng = np.random.default_rng(6)
+    hidden, weight, bias, target = _inputs(rng, dtype)
+    chunk_size = 4 if path == "rows" else None
+    huge = hidden.copy()
+    huge[2] = np.finfo(dtype).max  # target[2] is ignored
+    with np.errstate(over="ignore"):  # the product overflows in NumPy's matmul
+        loss, gh, gw, gb = fastxent.linear_cross_entropy_with_grad(
+            huge, weight, target, bias=bias, chunk_size=chunk_size, z_loss=1e-3)
+    assert taken is None or taken, "the vocabulary-chunked path was not taken"
+    want = fastxent.linear_cross_entropy_with_grad(hidden, weight, target, bias=bias,
+                                                   chunk_size=chunk_size, z_loss=1e-3)
+    assert np.isfinite(loss) and not gh[2].any()
+    _close(loss, want[0], 8 * np.finfo(dtype).eps)
+    for got, expected in zip((gw, gb), want[2:]):
+        _close(got, expected, 8 * np.finfo(dtype).eps)
+
+
 def test_vocab_chunked_path_all_ignored_and_zero_rows(backend, vocab_path):
     rng = np.random.default_rng(12)
     hidden, weight, bias, _ = _inputs(rng, np.float64)

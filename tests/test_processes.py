@@ -133,3 +133,39 @@ def test_fork_while_another_thread_runs_a_parallel_call_then_fork_again(backend)
     loss, grad_sum = result
     assert loss == float(parent[0])
     assert grad_sum == float(np.abs(parent[1]).sum())
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fork start method is POSIX only")
+def test_forked_child_after_another_librarys_parallel_work_does_not_hang(backend):
+    # PyTorch's matmul runs on the OpenMP runtime fastxent shares: its idle pool makes a forked
+    # child's first parallel region wait forever, though fastxent itself never ran one
+    torch = pytest.importorskip("torch")
+    a = torch.randn(1000, 1000)
+    (a @ a).sum()  # OpenMP workers of the shared runtime, now idle but alive
+    rng = np.random.default_rng(7)
+    logits = rng.standard_normal((20000, 50))
+    labels = rng.integers(0, 50, 20000)
+    hung, exitcode, queue = _forked(_child_loss, (logits, labels), 60)
+    assert not hung, "the forked child hung in an OpenMP parallel region"
+    assert exitcode == 0
+    loss, _ = queue.get(timeout=10)
+    assert loss == float(fastxent.cross_entropy(logits, labels))
+
+
+def _child_forked_flag(queue):
+    from fastxent import _backend
+    queue.put(_backend.forked_after_parallel)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fork start method is POSIX only")
+def test_a_child_forked_beside_other_threads_computes_serially():
+    stop = threading.Event()
+    waiter = threading.Thread(target=stop.wait, daemon=True)
+    waiter.start()
+    try:
+        hung, exitcode, queue = _forked(_child_forked_flag, (), 60)
+    finally:
+        stop.set()
+        waiter.join(10)
+    assert not hung and exitcode == 0
+    assert queue.get(timeout=10) is True

@@ -193,6 +193,22 @@ def test_repeated_backward_with_retain_graph_accumulates(backend):
     torch.testing.assert_close(x.grad, 5 * once, rtol=1e-14, atol=0)
 
 
+def test_gradients_of_a_retained_graph_never_share_memory(backend):
+    # torch.autograd.grad twice through one loss: two independent gradients, as F.cross_entropy
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    loss = fxt.cross_entropy(x, torch.tensor([0, 1, 2, 1]))
+    (g1,) = torch.autograd.grad(loss, x, retain_graph=True)
+    (g2,) = torch.autograd.grad(loss, x, retain_graph=True)
+    assert g1.data_ptr() != g2.data_ptr()
+    expected = g1.clone()
+    g2.add_(1.0)
+    (g3,) = torch.autograd.grad(loss, x, retain_graph=True)
+    torch.testing.assert_close(g3, expected, rtol=0, atol=0)
+    g1.add_(1.0)  # the first one is the saved buffer itself: autograd's version check catches it
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
 def test_loss_in_a_larger_graph(backend):
     # grad_output other than 1, and a gradient that flows on into a layer
     layer = torch.nn.Linear(4, 3).double()
@@ -239,6 +255,33 @@ def test_torch_compile_traces_without_graph_break(backend):
         lambda a, b: F.cross_entropy(a, b, label_smoothing=0.1) * 2, x, y)
     torch.testing.assert_close(loss.detach(), expected_loss, rtol=1e-13, atol=0)
     torch.testing.assert_close(x.grad, expected_grad, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("layout", ["transposed", "channels_last"])
+def test_fake_kernel_matches_the_kernel_for_strided_input(backend, layout):
+    # torch.compile trusts the fake kernel's strides: the gradient is C-contiguous whatever the
+    # input's (empty_like kept a transposed input's strides, and inductor's check failed)
+    if layout == "transposed":
+        x, y = torch.randn(5, 8, dtype=torch.float64).t(), torch.randint(0, 5, (8,))
+    else:
+        x = torch.randn(2, 3, 4, 5, dtype=torch.float64).to(memory_format=torch.channels_last)
+        y = torch.randint(0, 3, (2, 4, 5))
+    for reduction in ("mean", "none"):
+        torch.library.opcheck(torch.ops.fastxent.cross_entropy.default,
+                              (x, y, None, -100, reduction, 0.0, True),
+                              test_utils=("test_schema", "test_faketensor"))
+
+
+def test_ignore_index_is_checked_as_torch_does(backend):
+    x = torch.randn(3, 4, dtype=torch.float64)
+    with pytest.raises(TypeError, match="ignore_index"):
+        fxt.cross_entropy(x, torch.tensor([0, 1, 2]), ignore_index=1.5)
+    with pytest.raises(ValueError, match="ignore_index"):
+        fxt.cross_entropy(x, torch.tensor([0, 1, 2]), ignore_index=2**64)
+    probabilities = torch.softmax(torch.randn(3, 4, dtype=torch.float64), 1)
+    for fn in (fxt.cross_entropy, F.cross_entropy):
+        with pytest.raises(RuntimeError, match="ignore_index is not supported for floating"):
+            fn(x, probabilities, ignore_index=1)
 
 
 # ------------------------------------------------------------------------------------------

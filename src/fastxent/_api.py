@@ -433,7 +433,8 @@ class CrossEntropyLoss:
     def __init__(self, weight: ArrayLike | None = None, ignore_index: int = -100,
                  reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
                  softcap: float | None = None) -> None:
-        self.weight = None if weight is None else np.array(weight, dtype=np.float64)
+        w = check.class_weight(weight, None)
+        self.weight = None if w is None else w.copy()  # the caller's array may change later
         self.ignore_index = check.ignore_index(ignore_index)
         self.reduction = check.reduction(reduction)
         self.label_smoothing = check.label_smoothing(label_smoothing)

@@ -8,6 +8,7 @@ tested twice by accident); otherwise a missing compiled module falls back with a
 
 import importlib.util
 import os
+import threading
 import warnings
 from types import ModuleType
 
@@ -56,15 +57,33 @@ openmp_enabled: bool = bool(kernels.openmp_enabled)
 
 # GNU OpenMP cannot run a parallel region in a child forked after the parent ran one: the child
 # would wait forever for the parent's worker threads. Such a child computes serially instead
-# (its results are bitwise the same: they never depend on the thread count).
+# (its results are bitwise the same: they never depend on the thread count). The parent's
+# OpenMP pool may also be another library's (PyTorch's matmul shares the OpenMP runtime), so a
+# parent that had other threads alive when it forked counts as well: OpenMP's idle workers stay
+# alive between parallel regions.
 parallel_used = False
 forked_after_parallel = False
+_parent_had_threads = False
+
+
+def _other_threads_alive() -> bool:
+    """Whether this process has threads besides the calling one (Linux: /proc; elsewhere only
+    those the threading module knows)."""
+    try:
+        return len(os.listdir("/proc/self/task")) > 1
+    except OSError:
+        return threading.active_count() > 1
+
+
+def _before_fork() -> None:
+    global _parent_had_threads
+    _parent_had_threads = _other_threads_alive()
 
 
 def _after_fork_in_child() -> None:
     global forked_after_parallel
-    forked_after_parallel = forked_after_parallel or parallel_used
+    forked_after_parallel = forked_after_parallel or parallel_used or _parent_had_threads
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)

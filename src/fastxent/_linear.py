@@ -279,8 +279,12 @@ def _vocab_chunked(h, w, b, labels, ignore, smoothing, z, cap, reduction, denomi
         tmp = np.empty((n, hidden), dtype=dtype) if vocab > vb else None
         coef = np.full(n, grad_scale) if grad_rows is None else grad_scale * grad_rows[:, 0]
         coef = np.where(counted, coef, 0.0)
-        scale = (coef * (1.0 + 2.0 * z * lse))[:, None]
+        with np.errstate(invalid="ignore", over="ignore"):  # 0 * inf of an ignored row: see below
+            scale = (coef * (1.0 + 2.0 * z * lse))[:, None]
         spread = (coef * (smoothing / vocab))[:, None]
+        # rows with ignored targets are set to 0 at the end: exp(L - lse) * 0 is NaN when their
+        # logits overflow (lse = inf), and G.T @ hidden would spread it over grad_weight
+        ignored = np.flatnonzero(~counted)
         with np.errstate(all="ignore"):
             for v0 in range(0, vocab, vb):  # pass 2: the gradients
                 v1 = min(vocab, v0 + vb)
@@ -298,6 +302,8 @@ def _vocab_chunked(h, w, b, labels, ignore, smoothing, z, cap, reduction, denomi
                     np.subtract(1.0, t, out=t)
                     g *= t
                 g[bad & counted] = np.nan
+                if ignored.size:
+                    g[ignored] = 0.0
                 if v0 == 0:
                     np.matmul(g, w[v0:v1], out=grad_h)
                 else:

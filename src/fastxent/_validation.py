@@ -120,14 +120,18 @@ def dense_labels(labels: Any, logits_shape: tuple[int, ...], dtype: np.dtype, lo
     return kernel_ready(arr)
 
 
-def class_weight(weight: Any, n_classes: int) -> np.ndarray | None:
-    """None, or a C-contiguous float64 array of shape (C,) of finite non-negative weights."""
+def class_weight(weight: Any, n_classes: int | None) -> np.ndarray | None:
+    """None, or a C-contiguous float64 array of shape (C,) of finite non-negative weights
+    (``n_classes=None``: any length, for a loss object that does not know C yet)."""
     if weight is None:
         return None
     arr = np.asarray(weight)
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"weight must be an array of real numbers; got dtype {arr.dtype}")
-    if arr.shape != (n_classes,):
+    if n_classes is None:
+        if arr.ndim != 1:
+            raise ValueError(f"weight must be 1-D, one per class; got shape {arr.shape}")
+    elif arr.shape != (n_classes,):
         raise ValueError(f"weight must have shape ({n_classes},), one per class; got shape {arr.shape}")
     arr = np.ascontiguousarray(arr, dtype=np.float64)
     if not np.isfinite(arr).all():

@@ -365,6 +365,8 @@ def cross_entropy_with_grad(input: Any, target: Any, *, weight: Any = None,
 def _tf_call(labels: Any, logits: Any, axis: int, n_threads: int | None, with_grad: bool,
              sparse: bool) -> Any:
     x = _logits(logits, "logits")
+    if n_threads is not None:  # checked when the graph is built, as in fastxent.dask.cross_entropy
+        check.n_threads(n_threads, 1)
     ax = x.ndim - 1 if sparse else check.normalise_axis(axis, x.ndim)
     check.n_classes(x.shape, ax, "logits")
     y = labels if isinstance(labels, da.Array) else np.asarray(labels)

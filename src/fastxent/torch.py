@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _api
+from . import _validation as check
 
 __all__ = ["CrossEntropyLoss", "cross_entropy"]
 
@@ -77,9 +78,10 @@ def _cross_entropy_op(input: Tensor, target: Tensor, weight: Tensor | None, igno
 
 @_cross_entropy_op.register_fake
 def _(input, target, weight, ignore_index, reduction, label_smoothing, with_grad):
-    # shapes and dtypes only, for torch.compile's tracing
+    # shapes, dtypes and strides only, for torch.compile's tracing: the kernel's gradient is a
+    # new C-contiguous array whatever the input's strides (not empty_like, which keeps them)
     loss_shape = () if reduction != "none" or input.dim() == 1 else (input.shape[0], *input.shape[2:])
-    grad = torch.empty_like(input) if with_grad else input.new_empty(0)
+    grad = input.new_empty(input.shape) if with_grad else input.new_empty(0)
     return input.new_empty(loss_shape), grad
 
 
@@ -96,6 +98,7 @@ class _CrossEntropy(torch.autograd.Function):
                                        label_smoothing, True)
         ctx.save_for_backward(grad)
         ctx.per_row = reduction == "none" and input.dim() > 1
+        ctx.handed_out = False
         return loss
 
     @staticmethod
@@ -106,9 +109,13 @@ class _CrossEntropy(torch.autograd.Function):
         if ctx.per_row:
             # loss (N, d1, ...), gradient (N, C, d1, ...): broadcast over the class axis
             return grad * grad_output.unsqueeze(1), None, None, None, None, None
-        if not torch.compiler.is_compiling() and bool(grad_output == 1):
+        if not torch.compiler.is_compiling() and not ctx.handed_out and bool(grad_output == 1):
             # loss.backward(): the saved gradient is the answer. Without retain_graph autograd
             # frees its saved copy first and then adopts this buffer as .grad, no copy made.
+            # With retain_graph a later backward through this loss gets a copy (two gradients
+            # never share memory), and an in-place change of the one handed out here is caught
+            # by autograd's version check on the saved tensor.
+            ctx.handed_out = True
             return grad, None, None, None, None, None
         return grad * grad_output, None, None, None, None, None
 
@@ -146,6 +153,9 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
     if not _covered(input, target, weight):
         return F.cross_entropy(input, target, weight, ignore_index=ignore_index,
                                reduction=reduction, label_smoothing=label_smoothing)
+    ignore_index = check.ignore_index(ignore_index)  # PyTorch's TypeError for a float, not the op's
+    if target.is_floating_point() and ignore_index != -100:
+        raise RuntimeError("ignore_index is not supported for floating point target")  # as PyTorch
     if torch.is_grad_enabled() and input.requires_grad:
         return _CrossEntropy.apply(input, target, weight, ignore_index, reduction, label_smoothing)
     loss, _ = _cross_entropy_op(input, target, weight, ignore_index, reduction, label_smoothing,
