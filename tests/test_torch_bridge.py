@@ -278,10 +278,17 @@ def test_ignore_index_is_checked_as_torch_does(backend):
         fxt.cross_entropy(x, torch.tensor([0, 1, 2]), ignore_index=1.5)
     with pytest.raises(ValueError, match="ignore_index"):
         fxt.cross_entropy(x, torch.tensor([0, 1, 2]), ignore_index=2**64)
+    y = torch.tensor([0, 1, 2])
+    torch.testing.assert_close(fxt.cross_entropy(x, y, ignore_index=torch.tensor(1)),
+                               F.cross_entropy(x, y, ignore_index=torch.tensor(1)))
     probabilities = torch.softmax(torch.randn(3, 4, dtype=torch.float64), 1)
     for fn in (fxt.cross_entropy, F.cross_entropy):
-        with pytest.raises(RuntimeError, match="ignore_index is not supported for floating"):
-            fn(x, probabilities, ignore_index=1)
+        for ignore_index in (0, 1):
+            with pytest.raises(RuntimeError, match="ignore_index is not supported for floating"):
+                fn(x, probabilities, ignore_index=ignore_index)
+    for ignore_index in (-1, -5):  # a negative one is accepted with probabilities, and unused
+        torch.testing.assert_close(fxt.cross_entropy(x, probabilities, ignore_index=ignore_index),
+                                   F.cross_entropy(x, probabilities, ignore_index=ignore_index))
 
 
 # ------------------------------------------------------------------------------------------

@@ -88,6 +88,13 @@ def _prepare_out(out: Any, shape: tuple[int, ...], result: np.dtype, inputs: dic
     return out
 
 
+def _as_read(original: Any, converted: np.ndarray | None) -> Any:
+    """What ``out`` must not overlap for an argument: the caller's ndarray itself; for another
+    array-like (a memoryview, a tensor, a list) the array the kernel reads, which may view the
+    argument's memory (checked on it, the argument is not converted a second time)."""
+    return original if isinstance(original, np.ndarray) or converted is None else converted
+
+
 def _scalar(value: float, dtype: np.dtype) -> np.generic:
     if dtype.itemsize > 4 or (dtype.itemsize == 4 and abs(value) <= _FLOAT32_MAX):  # no errstate
         return dtype.type(value)
@@ -108,7 +115,8 @@ def _normaliser(kernel_name: str, x: ArrayLike, axis: int, out: Any, n_threads: 
     ax = check.normalise_axis(axis, arr.ndim)
     check.n_classes(arr.shape, ax, "x")
     nt = _threads(n_threads)
-    out = _prepare_out(out, arr.shape, result, {"x": x}, in_place_ok=x)
+    read = _as_read(x, arr)
+    out = _prepare_out(out, arr.shape, result, {"x": read}, in_place_ok=read)
     shape3 = _split(arr.shape, ax)
     res = _Result(out, arr.shape, shape3, arr.dtype, result)
     getattr(_backend.kernels, kernel_name)(arr.reshape(shape3), res.kernel_view, nt)
@@ -153,7 +161,7 @@ def logsumexp(x: ArrayLike, axis: int = -1, *, out: np.ndarray | None = None,
     check.n_classes(arr.shape, ax, "x")
     nt = _threads(n_threads)
     out_shape = arr.shape[:ax] + arr.shape[ax + 1:]
-    out = _prepare_out(out, out_shape, result, {"x": x})
+    out = _prepare_out(out, out_shape, result, {"x": _as_read(x, arr)})
     a, c, b = _split(arr.shape, ax)
     res = _Result(out, out_shape, (a, b), arr.dtype, result)
     _backend.kernels.logsumexp(arr.reshape(a, c, b), res.kernel_view, nt)
@@ -284,7 +292,10 @@ def _tf_call(labels, logits, axis, out, n_threads, with_grad, sparse):
         y = check.dense_labels(labels, x.shape, x.dtype, "logits", "labels")
     nt = _threads(n_threads)
     problem = _Problem(x, ax, result)
-    grad = _grad_result(problem, out, {"logits": logits, "labels": labels}, logits) if with_grad else None
+    grad = None
+    if with_grad:
+        read = _as_read(logits, x)
+        grad = _grad_result(problem, out, {"logits": read, "labels": _as_read(labels, y)}, read)
     loss = _run(problem, y, sparse, weight=None, ignore_index=None, smoothing=0.0, reduction="none",
                 grad=grad, grad_output=1.0, n_threads=nt)
     return (loss, grad.finish()) if with_grad else loss
@@ -371,8 +382,10 @@ def _torch_call(input, target, weight, ignore_index, reduction, label_smoothing,
     problem = _Problem(x, ax, result)
     grad = None
     if with_grad:
-        grad = _grad_result(problem, out, {"input": input, "target": target, "weight": weight,
-                                           "grad_output": grad_output}, input)
+        read = _as_read(input, x)
+        grad = _grad_result(problem, out, {"input": read, "target": _as_read(target, labels),
+                                           "weight": _as_read(weight, w),
+                                           "grad_output": grad_output}, read)
     loss = _run(problem, labels, sparse, weight=w, ignore_index=ignore if sparse else None,
                 smoothing=smoothing, reduction=reduction, grad=grad, grad_output=grad_output,
                 n_threads=nt, z_loss=z, softcap=cap)

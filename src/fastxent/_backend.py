@@ -8,7 +8,7 @@ tested twice by accident); otherwise a missing compiled module falls back with a
 
 import importlib.util
 import os
-import threading
+import sys
 import warnings
 from types import ModuleType
 
@@ -58,31 +58,25 @@ openmp_enabled: bool = bool(kernels.openmp_enabled)
 # GNU OpenMP cannot run a parallel region in a child forked after the parent ran one: the child
 # would wait forever for the parent's worker threads. Such a child computes serially instead
 # (its results are bitwise the same: they never depend on the thread count). The parent's
-# OpenMP pool may also be another library's (PyTorch's matmul shares the OpenMP runtime), so a
-# parent that had other threads alive when it forked counts as well: OpenMP's idle workers stay
-# alive between parallel regions.
+# OpenMP workers may also be another library's: PyTorch ships libgomp.so.1 under the soname
+# fastxent links to, so one runtime serves both, and its matmul leaves idle workers behind. A
+# child forked while such a library is loaded computes serially too. (Counting the parent's
+# threads would not tell: NumPy's OpenBLAS starts its own at import. scikit-learn's OpenMP
+# runtime is a renamed copy of its own, not shared.)
+OPENMP_SHARERS = ("torch",)
 parallel_used = False
 forked_after_parallel = False
-_parent_had_threads = False
-
-
-def _other_threads_alive() -> bool:
-    """Whether this process has threads besides the calling one (Linux: /proc; elsewhere only
-    those the threading module knows)."""
-    try:
-        return len(os.listdir("/proc/self/task")) > 1
-    except OSError:
-        return threading.active_count() > 1
+_sharer_loaded = False
 
 
 def _before_fork() -> None:
-    global _parent_had_threads
-    _parent_had_threads = _other_threads_alive()
+    global _sharer_loaded
+    _sharer_loaded = any(name in sys.modules for name in OPENMP_SHARERS)
 
 
 def _after_fork_in_child() -> None:
     global forked_after_parallel
-    forked_after_parallel = forked_after_parallel or parallel_used or _parent_had_threads
+    forked_after_parallel = forked_after_parallel or parallel_used or _sharer_loaded
 
 
 if hasattr(os, "register_at_fork"):

@@ -279,8 +279,8 @@ def _vocab_chunked(h, w, b, labels, ignore, smoothing, z, cap, reduction, denomi
         tmp = np.empty((n, hidden), dtype=dtype) if vocab > vb else None
         coef = np.full(n, grad_scale) if grad_rows is None else grad_scale * grad_rows[:, 0]
         coef = np.where(counted, coef, 0.0)
-        with np.errstate(invalid="ignore", over="ignore"):  # 0 * inf of an ignored row: see below
-            scale = (coef * (1.0 + 2.0 * z * lse))[:, None]
+        with np.errstate(invalid="ignore"):  # a counted row of infinite lse: NaN, as below
+            scale = (coef * (1.0 + 2.0 * z * np.where(counted, lse, 0.0)))[:, None]
         spread = (coef * (smoothing / vocab))[:, None]
         # rows with ignored targets are set to 0 at the end: exp(L - lse) * 0 is NaN when their
         # logits overflow (lse = inf), and G.T @ hidden would spread it over grad_weight

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 from typing import Any
 
 import numpy as np
@@ -130,7 +131,7 @@ def class_weight(weight: Any, n_classes: int | None) -> np.ndarray | None:
         raise TypeError(f"weight must be an array of real numbers; got dtype {arr.dtype}")
     if n_classes is None:
         if arr.ndim != 1:
-            raise ValueError(f"weight must be 1-D, one per class; got shape {arr.shape}")
+            raise ValueError(f"weight must have shape (C,), one per class; got shape {arr.shape}")
     elif arr.shape != (n_classes,):
         raise ValueError(f"weight must have shape ({n_classes},), one per class; got shape {arr.shape}")
     arr = np.ascontiguousarray(arr, dtype=np.float64)
@@ -185,9 +186,12 @@ def softcap(value: Any) -> float:
 def ignore_index(value: Any) -> int:
     if type(value) is int and _INT64_MIN <= value <= _INT64_MAX:  # the common case, checked fast
         return value
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+    if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"ignore_index must be an integer; got {value!r}")
-    value = int(value)
+    try:
+        value = operator.index(value)  # int, NumPy integers, a 0-d integer tensor
+    except TypeError:
+        raise TypeError(f"ignore_index must be an integer; got {value!r}") from None
     if not _INT64.min <= value <= _INT64.max:
         raise ValueError(f"ignore_index must fit in int64; got {value}")
     return value
@@ -248,7 +252,8 @@ def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
 def _shared_view(value: Any) -> np.ndarray | None:
     """The array NumPy reads ``value`` as, when that may be ``value``'s own memory (an ndarray,
     or a memoryview, torch tensor or other buffer that np.asarray views without a copy); None
-    for what np.asarray always copies (None, scalars, lists, tuples)."""
+    for what np.asarray always copies (None, scalars, lists, tuples). The API passes the arrays
+    its kernels read where it has them, so this converts only what it has not (grad_output)."""
     if isinstance(value, np.ndarray):
         return value
     if value is None or isinstance(value, (numbers.Number, str, list, tuple)):

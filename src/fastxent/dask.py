@@ -283,30 +283,32 @@ def _torch_call(input: Any, target: Any, weight: Any, ignore_index: Any, reducti
             raise ValueError(f"target shape {t.shape} does not match input shape {x.shape}: "
                              f"expected target of shape {loss_shape}")
         ty = _aligned(t, x.chunks[:1] + x.chunks[2:])
-        shift = _mean_weight_shift(w, math.prod(loss_shape)) if reduction == "mean" else 0
-        if shift:
-            w = np.ldexp(w, shift)
+        denominator: Any = 1.0
+        counted = None
+        if reduction == "mean":  # the total weight of the targets, and how many are counted
+            shift = _mean_weight_shift(w, math.prod(loss_shape))
+            if shift:
+                w = np.ldexp(w, shift)
 
-        def total(weight: np.ndarray | None) -> da.Array:
-            return _sum_partials(da.map_blocks(
-                _weight_total_block, ty, weight=weight, ignore_index=ignore, n_classes=c,
-                ndim=ty.ndim, chunks=_ones_chunks(ty), dtype=np.float64,
-                meta=np.empty((0,) * ty.ndim)))
+            def total(weight: np.ndarray | None) -> da.Array:
+                return _sum_partials(da.map_blocks(
+                    _weight_total_block, ty, weight=weight, ignore_index=ignore, n_classes=c,
+                    ndim=ty.ndim, chunks=_ones_chunks(ty), dtype=np.float64,
+                    meta=np.empty((0,) * ty.ndim)))
 
-        denominator: Any = total(w)
-        counted = total(None) if w is not None else None
+            denominator = total(w)
+            counted = total(None) if w is not None else None
         t = ty
     elif t.dtype.kind == "f":
         if t.shape != x.shape:
             raise ValueError(f"target (class probabilities) shape {t.shape} does not match "
                              f"input shape {x.shape}")
-        denominator = float(math.prod(loss_shape))  # probability targets: mean over the rows
+        # probability targets: the mean is over the rows
+        denominator = float(math.prod(loss_shape)) if reduction == "mean" else 1.0
         counted = None
     else:
         raise TypeError("target must be integer class indices or floating class probabilities; "
                         f"got dtype {t.dtype}")
-    if reduction != "mean":
-        denominator = 1.0
     call = _api.cross_entropy_with_grad if with_grad else _api.cross_entropy
     # per block: per-row losses (and the gradient scaled by grad_output / denominator)
     fn = _Partial(call, weight=w, ignore_index=ignore, reduction="none", label_smoothing=smoothing)

@@ -154,8 +154,8 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
         return F.cross_entropy(input, target, weight, ignore_index=ignore_index,
                                reduction=reduction, label_smoothing=label_smoothing)
     ignore_index = check.ignore_index(ignore_index)  # PyTorch's TypeError for a float, not the op's
-    if target.is_floating_point() and ignore_index != -100:
-        raise RuntimeError("ignore_index is not supported for floating point target")  # as PyTorch
+    if target.is_floating_point() and ignore_index >= 0:  # PyTorch's rule, and its error
+        raise RuntimeError("ignore_index is not supported for floating point target")
     if torch.is_grad_enabled() and input.requires_grad:
         return _CrossEntropy.apply(input, target, weight, ignore_index, reduction, label_smoothing)
     loss, _ = _cross_entropy_op(input, target, weight, ignore_index, reduction, label_smoothing,
