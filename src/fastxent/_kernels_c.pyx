@@ -18,7 +18,7 @@ for float32 input. A row whose maximum is not finite (all -inf, or a +inf) is Na
 """
 
 from cython.parallel cimport prange
-from libc.math cimport log1p, INFINITY, NAN, isnan
+from libc.math cimport fabs, log1p, INFINITY, NAN, isinf, isnan
 from libc.stdint cimport (int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t,
                           uint64_t, INT64_MAX)
 
@@ -404,18 +404,22 @@ def sparse_label_check(const label_t[:, :] labels, Py_ssize_t n_classes, int64_t
 
     Returns ``(n_bad, weight_total)``: the number of labels outside [0, n_classes) that are not
     ``ignore_index``, and sum_n weight[y_n] over non-ignored rows (their count when ``weight`` is
-    None). The sum runs over fixed blocks of rows, so its bits do not depend on ``n_threads``.
+    None). The sum runs over fixed blocks of rows, so its bits do not depend on ``n_threads``;
+    weights are added with Neumaier's compensation (the mean's denominator: a plain running sum
+    of thousands of weights drifts by tens of ulps), the count is exact anyway.
     """
     cdef Py_ssize_t A = labels.shape[0], B = labels.shape[1]
     cdef Py_ssize_t n_rows = A * B
     cdef Py_ssize_t n_blocks = (n_rows + LABEL_BLOCK - 1) // LABEL_BLOCK
     cdef bint weighted = weight is not None
     cdef double[::1] partial = np.zeros(max(n_blocks, 1), dtype=np.float64)
+    cdef double[::1] partial_c = np.zeros(max(n_blocks, 1), dtype=np.float64)
     cdef Py_ssize_t n_bad = 0, blk, r, r_end, y, a, b
-    cdef double block_total, total = 0.0
+    cdef double block_total, block_c, total = 0.0, total_c = 0.0
     for blk in prange(n_blocks, nogil=True, schedule="static",
                       num_threads=_threads_for(n_threads, n_rows, 8)):
         block_total = 0.0
+        block_c = 0.0
         r_end = min((blk + 1) * LABEL_BLOCK, n_rows)
         for r in range(blk * LABEL_BLOCK, r_end):
             a, b = _row_position(r, B)
@@ -423,11 +427,27 @@ def sparse_label_check(const label_t[:, :] labels, Py_ssize_t n_classes, int64_t
             if y == BAD_LABEL:
                 n_bad += 1
             elif y != IGNORED:
-                block_total = block_total + (weight[y] if weighted else 1.0)
+                if weighted:
+                    _add_compensated(&block_total, &block_c, weight[y])
+                else:
+                    block_total = block_total + 1.0
         partial[blk] = block_total
+        partial_c[blk] = block_c
     for blk in range(n_blocks):
-        total += partial[blk]
-    return n_bad, total
+        _add_compensated(&total, &total_c, partial[blk])
+        total_c += partial_c[blk]
+    # an overflowing total is inf (the API rescales the weights then); its compensation is not
+    return n_bad, total if isinf(total) else total + total_c
+
+
+cdef inline void _add_compensated(double* total, double* c, double v) noexcept nogil:
+    """total + c += v, Neumaier's compensated summation (c collects the rounding errors)."""
+    cdef double t = total[0] + v
+    if fabs(total[0]) >= fabs(v):
+        c[0] += (total[0] - t) + v
+    else:
+        c[0] += (v - t) + total[0]
+    total[0] = t
 
 
 cdef void _sparse_row(const floating* x, Py_ssize_t n, Py_ssize_t xs, Py_ssize_t y,
