@@ -48,6 +48,10 @@ cdef extern from "_rows.h" nogil:
     double fx_row_max_f64(const double* x, Py_ssize_t n)
     double fx_row_exp_sum_f32(const float* x, Py_ssize_t n, double m, float* e)
     double fx_row_exp_sum_f64(const double* x, Py_ssize_t n, double m, double* e)
+    double fx_strided_exp_sum_f32(const float* x, Py_ssize_t n, Py_ssize_t xs, double m, float* e,
+                                  Py_ssize_t es)
+    double fx_strided_exp_sum_f64(const double* x, Py_ssize_t n, Py_ssize_t xs, double m,
+                                  double* e, Py_ssize_t es)
     void fx_row_scale_f32(float* g, Py_ssize_t n, double factor)
     void fx_row_scale_f64(double* g, Py_ssize_t n, double factor)
     double fx_row_weighted_shift_sum_f32(const float* x, Py_ssize_t n, double m, const double* w,
@@ -58,12 +62,20 @@ cdef extern from "_rows.h" nogil:
     void fx_row_smooth_grad_f64(double* g, Py_ssize_t n, double coef_a, double coef_k, const double* w)
     double fx_row_dense_dot_f32(const float* x, const float* t, Py_ssize_t n, double m, double keep,
                                 double spread, const double* w, double* mass)
+    double fx_strided_dense_dot_f32(const float* x, Py_ssize_t xs, const float* t, Py_ssize_t ts,
+                                    Py_ssize_t n, double m, double keep, double spread,
+                                    const double* w, double* mass)
+    double fx_strided_dense_dot_f64(const double* x, Py_ssize_t xs, const double* t, Py_ssize_t ts,
+                                    Py_ssize_t n, double m, double keep, double spread,
+                                    const double* w, double* mass)
     double fx_row_dense_dot_f64(const double* x, const double* t, Py_ssize_t n, double m, double keep,
                                 double spread, const double* w, double* mass)
     void fx_row_dense_grad_f32(float* g, const float* t, Py_ssize_t n, double a, double b, double keep,
-                               double spread, const double* w)
+                               double spread, const double* w, double p, double s_rest, double inv_s)
     void fx_row_dense_grad_f64(double* g, const double* t, Py_ssize_t n, double a, double b, double keep,
-                               double spread, const double* w)
+                               double spread, const double* w, double p, double s_rest, double inv_s)
+    double fx_dense_grad_one_f64(double e, double q, double a, double b, double b_inv_s, double p,
+                                 double s_rest)
     # Logit softcap on contiguous rows (the z-loss/softcap section at the end).
     double fx_cap_one_f32(double x, double s, double* slope)
     double fx_cap_one_f64(double x, double s, double* slope)
@@ -162,22 +174,15 @@ cdef inline double _row_sum_rest(const floating* x, Py_ssize_t n, Py_ssize_t str
     computed once per element). ``e_out`` may be ``x`` itself (in-place): each element is read
     before it is written.
     """
-    cdef double acc = 0.0, e
-    cdef Py_ssize_t c, n_max = 0
     if stride == 1 and (e_out == NULL or e_stride == 1):
         if floating is float:
             return fx_row_exp_sum_f32(x, n, m, e_out)
         else:
             return fx_row_exp_sum_f64(x, n, m, e_out)
-    for c in range(n):
-        e = _exp_shifted(x[c * stride], m)
-        if x[c * stride] == m:
-            n_max += 1
-        else:
-            acc += e
-        if e_out != NULL:
-            e_out[c * e_stride] = <floating>e
-    return acc + <double>(n_max - 1)
+    if floating is float:  # the same summation order, element by element
+        return fx_strided_exp_sum_f32(x, n, stride, m, e_out, e_stride)
+    else:
+        return fx_strided_exp_sum_f64(x, n, stride, m, e_out, e_stride)
 
 
 cdef inline Py_ssize_t _class_index(label_t label, Py_ssize_t n_classes, int64_t ignore_index,
@@ -726,14 +731,10 @@ cdef void _dense_row(const floating* x, Py_ssize_t n, Py_ssize_t xs, const float
             dot = fx_row_dense_dot_f32(x, t, n, m, keep, spread, weight, &mass)
         else:
             dot = fx_row_dense_dot_f64(x, t, n, m, keep, spread, weight, &mass)
+    elif floating is float:  # the same sums in the same order, element by element
+        dot = fx_strided_dense_dot_f32(x, xs, t, ts, n, m, keep, spread, weight, &mass)
     else:
-        for c in range(n):
-            q = keep * t[c * ts] + spread
-            if weight != NULL:
-                q = q * weight[c]
-            mass += q
-            if q != 0.0:
-                dot += q * (x[c * xs] - m)
+        dot = fx_strided_dense_dot_f64(x, xs, t, ts, n, m, keep, spread, weight, &mass)
     s_rest = _row_sum_rest(x, n, xs, m, g, gs)
     log_s = log1p(s_rest)
     loss[0] = mass * log_s - dot
@@ -747,15 +748,18 @@ cdef void _dense_row(const floating* x, Py_ssize_t n, Py_ssize_t xs, const float
     inv_s = 1.0 / (1.0 + s_rest)
     if gs == 1 and ts == 1:
         if floating is float:
-            fx_row_dense_grad_f32(g, t, n, grad_coef * p_coef * inv_s, grad_coef, keep, spread, weight)
+            fx_row_dense_grad_f32(g, t, n, grad_coef * p_coef * inv_s, grad_coef, keep, spread,
+                                  weight, p_coef, s_rest, inv_s)
         else:
-            fx_row_dense_grad_f64(g, t, n, grad_coef * p_coef * inv_s, grad_coef, keep, spread, weight)
+            fx_row_dense_grad_f64(g, t, n, grad_coef * p_coef * inv_s, grad_coef, keep, spread,
+                                  weight, p_coef, s_rest, inv_s)
         return
-    for c in range(n):
+    for c in range(n):  # the formula of fx_row_dense_grad, the maximum's entry included
         q = keep * t[c * ts] + spread
         if weight != NULL:
             q = q * weight[c]
-        g[c * gs] = <floating>(grad_coef * (p_coef * (g[c * gs] * inv_s) - q))
+        g[c * gs] = <floating>fx_dense_grad_one_f64(g[c * gs], q, grad_coef * p_coef * inv_s,
+                                                    grad_coef, grad_coef * inv_s, p_coef, s_rest)
 
 
 def dense_xent(const floating[:, :, :] x, const floating[:, :, :] labels, const double[::1] weight,
@@ -857,7 +861,11 @@ cdef void _dense_tile(const floating* x, Py_ssize_t rs, Py_ssize_t cs, int rows,
             if q != 0.0:  # so that a -inf logit without label mass costs nothing
                 dot += q * (x[i * rs + c * cs] - m[i])
             if g != NULL:
-                g[i * grs + c * gcs] = <floating>(g[i * grs + c * gcs] - coef[i] * q)
+                if x[i * rs + c * cs] == m[i]:  # as fx_row_dense_grad: no cancellation here
+                    g[i * grs + c * gcs] = <floating>(coef[i] * ((mass[i] - q) - q * s_rest[i])
+                                                      / (1.0 + s_rest[i]))
+                else:
+                    g[i * grs + c * gcs] = <floating>(g[i * grs + c * gcs] - coef[i] * q)
         loss[i * loss_s] = mass[i] * log_s[i] - dot
 
 

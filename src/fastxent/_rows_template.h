@@ -88,6 +88,36 @@ FX_CLONES static double FX_NAME(fx_row_exp_sum)(const FX_T *x, ptrdiff_t n, doub
     return fx_combine(outer) + (fx_combine(count) - 1.0);
 }
 
+/* fx_row_exp_sum for a strided row (x[i * xs], e[i * es]; the class axis of an (N, C, H, W)
+ * array, or of a Fortran-order one), scalar: the same terms added in the same order (lanes of
+ * FX_SUM_BLOCK terms, outer sums, the partial last block apart), so that a long strided row is
+ * as accurate as a contiguous one (a running sum of 1000 terms was 19 ulp off in float64). */
+static double FX_NAME(fx_strided_exp_sum)(const FX_T *x, ptrdiff_t n, ptrdiff_t xs, double m,
+                                          FX_T *e, ptrdiff_t es)
+{
+    double acc[FX_LANES], outer[FX_LANES], n_max = 0.0;
+    ptrdiff_t i = 0, k, n_full = n - n % FX_LANES;
+    int j;
+    for (j = 0; j < FX_LANES; j++) outer[j] = 0.0;
+    while (i < n) {
+        ptrdiff_t block_end = i < n_full ? (n_full - i > FX_SUM_BLOCK * FX_LANES
+                                            ? i + FX_SUM_BLOCK * FX_LANES : n_full)
+                                         : n; /* the partial last block */
+        for (j = 0; j < FX_LANES; j++) acc[j] = 0.0;
+        for (k = i; k < block_end; k++) {
+            double v = FX_NAME(fx_exp_shifted)(x[k * xs], m);
+            if ((double)x[k * xs] == m)
+                n_max += 1.0;
+            else
+                acc[(k - i) % FX_LANES] += v;
+            if (e != NULL) e[k * es] = (FX_T)v;
+        }
+        for (j = 0; j < FX_LANES; j++) outer[j] += acc[j];
+        i = block_end;
+    }
+    return fx_combine(outer) + (n_max - 1.0);
+}
+
 /* g[i] *= factor */
 FX_CLONES static void FX_NAME(fx_row_scale)(FX_T *g, ptrdiff_t n, double factor)
 {
@@ -224,18 +254,58 @@ FX_CLONES static double FX_NAME(fx_row_dense_dot)(const FX_T *x, const FX_T *t, 
     return fx_combine(acc) + acc_tail;
 }
 
-/* Dense labels' gradient: g_i = a * g_i - b * q_i, with g_i = exp(x_i - m) on entry. */
+/* fx_row_dense_dot for strided rows (x[i * xs], t[i * ts]), scalar, in the same order */
+static double FX_NAME(fx_strided_dense_dot)(const FX_T *x, ptrdiff_t xs, const FX_T *t,
+                                            ptrdiff_t ts, ptrdiff_t n, double m, double keep,
+                                            double spread, const double *w, double *mass)
+{
+    double acc[FX_LANES], tot[FX_LANES], acc_tail = 0.0, tot_tail = 0.0;
+    ptrdiff_t i, n_full = n - n % FX_LANES;
+    int j;
+    for (j = 0; j < FX_LANES; j++) { acc[j] = 0.0; tot[j] = 0.0; }
+    for (i = 0; i < n; i++) {
+        double q = (keep * (double)t[i * ts] + spread) * (w != NULL ? w[i] : 1.0);
+        double term = q != 0.0 ? q * ((double)x[i * xs] - m) : 0.0;
+        if (i < n_full) {
+            tot[i % FX_LANES] += q;
+            acc[i % FX_LANES] += term;
+        } else {
+            tot_tail += q;
+            acc_tail += term;
+        }
+    }
+    *mass = fx_combine(tot) + tot_tail;
+    return fx_combine(acc) + acc_tail;
+}
+
+/* Dense labels' gradient: g_i = a * g_i - b * q_i, with g_i = exp(x_i - m) on entry and
+ * a = b p inv_s (p the softmax's coefficient, inv_s = 1 / (1 + s_rest)). Where g_i is 1 (the row
+ * maximum) that is b inv_s ((p - q_i) - q_i s_rest), the same value without the cancellation of
+ * p inv_s - q_i: a one-hot target on the maximum (p = q_i) keeps its tiny gradient. */
+static inline double FX_NAME(fx_dense_grad_one)(double e, double q, double a, double b,
+                                                double b_inv_s, double p, double s_rest)
+{
+    double plain = a * e - b * q;
+    double at_max = b_inv_s * ((p - q) - q * s_rest);
+    return e == 1.0 ? at_max : plain;
+}
+
 FX_CLONES static void FX_NAME(fx_row_dense_grad)(FX_T *g, const FX_T *t, ptrdiff_t n, double a,
                                                  double b, double keep, double spread,
-                                                 const double *w)
+                                                 const double *w, double p, double s_rest,
+                                                 double inv_s)
 {
     ptrdiff_t i;
+    double b_inv_s = b * inv_s;
     if (w == NULL)
         for (i = 0; i < n; i++)
-            g[i] = (FX_T)(a * (double)g[i] - b * (keep * (double)t[i] + spread));
+            g[i] = (FX_T)FX_NAME(fx_dense_grad_one)((double)g[i], keep * (double)t[i] + spread,
+                                                    a, b, b_inv_s, p, s_rest);
     else
         for (i = 0; i < n; i++)
-            g[i] = (FX_T)(a * (double)g[i] - b * ((keep * (double)t[i] + spread) * w[i]));
+            g[i] = (FX_T)FX_NAME(fx_dense_grad_one)((double)g[i],
+                                                    (keep * (double)t[i] + spread) * w[i],
+                                                    a, b, b_inv_s, p, s_rest);
 }
 
 /* ---------------------------------------------------------------------------------------
