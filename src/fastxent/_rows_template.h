@@ -89,33 +89,32 @@ FX_CLONES static double FX_NAME(fx_row_exp_sum)(const FX_T *x, ptrdiff_t n, doub
 }
 
 /* fx_row_exp_sum for a strided row (x[i * xs], e[i * es]; the class axis of an (N, C, H, W)
- * array, or of a Fortran-order one), scalar: the same terms added in the same order (lanes of
- * FX_SUM_BLOCK terms, outer sums, the partial last block apart), so that a long strided row is
- * as accurate as a contiguous one (a running sum of 1000 terms was 19 ulp off in float64). */
-static double FX_NAME(fx_strided_exp_sum)(const FX_T *x, ptrdiff_t n, ptrdiff_t xs, double m,
-                                          FX_T *e, ptrdiff_t es)
+ * array, or of a Fortran-order one): each block of FX_LANES elements is gathered into a buffer
+ * and goes through fx_exp_sum_block, in the same order as a contiguous row, so that a long
+ * strided row is as accurate as a contiguous one, with the same bits (a running sum of 1000
+ * terms was 19 ulp off in float64). */
+FX_CLONES static double FX_NAME(fx_strided_exp_sum)(const FX_T *x, ptrdiff_t n, ptrdiff_t xs,
+                                                     double m, FX_T *e, ptrdiff_t es)
 {
-    double acc[FX_LANES], outer[FX_LANES], n_max = 0.0;
-    ptrdiff_t i = 0, k, n_full = n - n % FX_LANES;
+    double acc[FX_LANES], outer[FX_LANES], count[FX_LANES];
+    FX_T buf_x[FX_LANES], buf_e[FX_LANES];
+    ptrdiff_t i = 0, n_full = n - n % FX_LANES;
     int j;
-    for (j = 0; j < FX_LANES; j++) outer[j] = 0.0;
+    for (j = 0; j < FX_LANES; j++) { outer[j] = 0.0; count[j] = 0.0; }
     while (i < n) {
         ptrdiff_t block_end = i < n_full ? (n_full - i > FX_SUM_BLOCK * FX_LANES
                                             ? i + FX_SUM_BLOCK * FX_LANES : n_full)
-                                         : n; /* the partial last block */
+                                         : n; /* the partial last block, padded with -inf */
         for (j = 0; j < FX_LANES; j++) acc[j] = 0.0;
-        for (k = i; k < block_end; k++) {
-            double v = FX_NAME(fx_exp_shifted)(x[k * xs], m);
-            if ((double)x[k * xs] == m)
-                n_max += 1.0;
-            else
-                acc[(k - i) % FX_LANES] += v;
-            if (e != NULL) e[k * es] = (FX_T)v;
+        for (; i < block_end; i += FX_LANES) {
+            for (j = 0; j < FX_LANES; j++) buf_x[j] = i + j < n ? x[(i + j) * xs] : -INFINITY;
+            FX_NAME(fx_exp_sum_block)(buf_x, m, e != NULL ? buf_e : NULL, acc, count);
+            if (e != NULL)
+                for (j = 0; j < FX_LANES && i + j < n; j++) e[(i + j) * es] = buf_e[j];
         }
         for (j = 0; j < FX_LANES; j++) outer[j] += acc[j];
-        i = block_end;
     }
-    return fx_combine(outer) + (n_max - 1.0);
+    return fx_combine(outer) + (fx_combine(count) - 1.0);
 }
 
 /* g[i] *= factor */
