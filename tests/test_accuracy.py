@@ -270,3 +270,15 @@ def test_strided_class_axis_as_accurate_as_contiguous(backend, dtype, n_classes,
         dense = fastxent.cross_entropy(spatial(x), spatial(t), reduction="none").reshape(-1)
     assert ulp_error(sparse, exact_sparse).max() <= ULP_LIMIT[dtype]
     assert ulp_error(dense, exact_dense).max() <= ULP_LIMIT[dtype]
+
+
+@pytest.mark.parametrize("n_classes", [33, 1000, 1003])
+def test_strided_class_axis_gives_the_bits_of_a_contiguous_one(backend, dtype, n_classes):
+    rng = np.random.default_rng(n_classes)
+    x = (rng.standard_normal((40, n_classes)) * 5).astype(dtype)
+    labels = rng.integers(0, n_classes, 40)
+    loss, grad = fastxent.cross_entropy_with_grad(x, labels, reduction="none")
+    loss_f, grad_f = fastxent.cross_entropy_with_grad(np.asfortranarray(x), labels,
+                                                      reduction="none")
+    np.testing.assert_array_equal(loss_f, loss)
+    np.testing.assert_array_equal(grad_f, grad)
