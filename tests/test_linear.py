@@ -280,37 +280,46 @@ def test_vocab_chunked_path_matches_unfused_reference(backend, dtype, vocab_path
     np.testing.assert_array_equal(alone, loss)
 
 
-@pytest.mark.parametrize("path", ["rows", "vocabulary"])
-def test_a_softcap_far_above_the_logits_changes_nothing(backend, dtype, path, request):
+@pytest.fixture(params=["rows", "vocabulary"])
+def each_path(request):
+    """(chunk_size, check that the path was taken): the row path in chunks of 4 rows, and the
+    vocabulary path, which the vocab_path fixture makes the default rule pick."""
+    if request.param == "rows":
+        return 4, lambda: None
+    taken = request.getfixturevalue("vocab_path")
+
+    def check():
+        assert taken, "the vocabulary-chunked path was not taken"
+    return None, check
+
+
+def test_a_softcap_far_above_the_logits_changes_nothing(backend, dtype, each_path):
     # both paths: the row path's kernel once lost every digit of tanh(x / s) for s >> x
-    taken = request.getfixturevalue("vocab_path") if path == "vocabulary" else None
+    chunk_size, check_path = each_path
     rng = np.random.default_rng(5)
     hidden, weight, bias, target = _inputs(rng, dtype)
-    chunk_size = 4 if path == "rows" else None
     capped = fastxent.linear_cross_entropy_with_grad(hidden, weight, target, bias=bias,
                                                      softcap=1e20, chunk_size=chunk_size)
     plain = fastxent.linear_cross_entropy_with_grad(hidden, weight, target, bias=bias,
                                                     chunk_size=chunk_size)
-    assert taken is None or taken, "the vocabulary-chunked path was not taken"
+    check_path()
     eps = np.finfo(dtype).eps
     for got, want in zip(capped, plain):
         _close(got, want, 8 * eps)
 
 
-@pytest.mark.parametrize("path", ["rows", "vocabulary"])
-def test_an_ignored_row_whose_logits_overflow_has_no_effect(backend, dtype, path, request):
+def test_an_ignored_row_whose_logits_overflow_has_no_effect(backend, dtype, each_path):
     # "0 loss, 0 gradient, whatever its logits": its lse is inf, and 0 * inf must not become a
     # NaN that G.T @ hidden spreads over all of grad_weight
-    taken = request.getfixturevalue("vocab_path") if path == "vocabulary" else None
+    chunk_size, check_path = each_path
     rng = np.random.default_rng(6)
     hidden, weight, bias, target = _inputs(rng, dtype)
-    chunk_size = 4 if path == "rows" else None
     huge = hidden.copy()
     huge[2] = np.finfo(dtype).max  # target[2] is ignored
     with np.errstate(over="ignore"):  # the product overflows in NumPy's matmul
         loss, gh, gw, gb = fastxent.linear_cross_entropy_with_grad(
             huge, weight, target, bias=bias, chunk_size=chunk_size, z_loss=1e-3)
-    assert taken is None or taken, "the vocabulary-chunked path was not taken"
+    check_path()
     want = fastxent.linear_cross_entropy_with_grad(hidden, weight, target, bias=bias,
                                                    chunk_size=chunk_size, z_loss=1e-3)
     assert np.isfinite(loss) and not gh[2].any()
