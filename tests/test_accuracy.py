@@ -282,3 +282,38 @@ def test_strided_class_axis_gives_the_bits_of_a_contiguous_one(backend, dtype, n
                                                       reduction="none")
     np.testing.assert_array_equal(loss_f, loss)
     np.testing.assert_array_equal(grad_f, grad)
+
+
+@pytest.mark.parametrize("n_classes", [4, 40])  # tile path and row path
+@pytest.mark.parametrize("scaled_by", ["weight", "grad_output"])
+def test_huge_gradients_that_fit_do_not_overflow_on_the_way(backend, n_classes, scaled_by):
+    # w (p - onehot) near the largest double: coef * s_rest, 0 * (sum of the weights = inf) and
+    # q * s_rest overflowed where the entry itself fits
+    x = np.zeros((2, n_classes))
+    x[:, 0] = [3.0, 2.0]  # the label, class 0, is the row maximum
+    big = 1e308
+    weight = np.ones(n_classes)
+    kwargs = dict(reduction="sum")
+    if scaled_by == "weight":
+        weight[:] = big
+        kwargs["weight"] = weight
+    else:
+        kwargs["grad_output"] = big
+    exact = exact_sparse_gradient(x, np.zeros(2, dtype=int)) * big
+    for target in (np.zeros(2, dtype=int), np.eye(n_classes)[[0, 0]]):
+        _, grad = fastxent.cross_entropy_with_grad(x, target, **kwargs)
+        assert np.isfinite(grad).all()
+        np.testing.assert_allclose(grad, exact.astype(np.float64), rtol=1e-14)
+
+
+@pytest.mark.parametrize("dtype_", [np.float16, np.float32])
+def test_a_gradient_beyond_float32_overflows_with_its_sign(backend, dtype_):
+    # a class weight beyond float32's range: the label's entry -w (1 - p_y) is -inf, the others
+    # +inf (tile path: the buffer's +inf minus the weight kept the wrong sign)
+    w = np.array([0.0, 0.0, 0.0, 1e300, 0.0])
+    x = np.zeros((1, 5, 3), dtype_)
+    x[0, 4, 0] = 1.0
+    with np.errstate(over="ignore"):
+        _, grad = fastxent.cross_entropy_with_grad(x, np.array([[3, 0, 0]]), weight=w,
+                                                   reduction="sum")
+    assert grad[0, 3, 0] == -np.inf and (grad[0, [0, 1, 2, 4], 0] == np.inf).all()

@@ -175,6 +175,9 @@ def reference_rows(x, q, ignored, sparse_w_label=None, label_d=None):
             scale[r] = np.abs(terms).sum() if np.isfinite(terms).all() else np.inf
             p = np.exp(d) / (1.0 + s_rest)
             grad[r] = mass.sum() * p - mass
+            # at the maximum, Q p - q without its cancellation (Q / s - q is 0 or an ulp of q
+            # where the exact value is -q s_rest / s for a one-hot target, tiny but not 0)
+            grad[r][at_max] = ((mass.sum() - mass[at_max]) - mass[at_max] * s_rest) / (1.0 + s_rest)
             gscale[r] = mass.sum() + mass.max()  # the size of the gradient's terms
     return loss, grad, scale, gscale
 

@@ -75,7 +75,7 @@ cdef extern from "_rows.h" nogil:
     void fx_row_dense_grad_f64(double* g, const double* t, Py_ssize_t n, double a, double b, double keep,
                                double spread, const double* w, double p, double s_rest, double inv_s)
     double fx_dense_grad_one_f64(double e, double q, double a, double b, double b_inv_s, double p,
-                                 double s_rest)
+                                 double rest_frac)
     # Logit softcap on contiguous rows (the z-loss/softcap section at the end).
     double fx_cap_one_f32(double x, double s, double* slope)
     double fx_cap_one_f64(double x, double s, double* slope)
@@ -537,9 +537,11 @@ cdef void _sparse_row(const floating* x, Py_ssize_t n, Py_ssize_t xs, Py_ssize_t
     if z_loss != 0.0:
         g[y * gs] = <floating>(grad_coef * ((1.0 - smoothing) * w_y * p_y_minus_1
                                             + k_coef * (weight_sum * p_y - w_y) + z_coef * p_y))
-    else:
+    elif smoothing != 0.0:
         g[y * gs] = <floating>(grad_coef * ((1.0 - smoothing) * w_y * p_y_minus_1
                                             + k_coef * (weight_sum * p_y - w_y)))
+    else:  # not 0 * (W p_y - w_y): W, the sum of the weights, may overflow where w_y does not
+        g[y * gs] = <floating>(grad_coef * (w_y * p_y_minus_1))
 
 
 cdef Py_ssize_t _sparse_tile(const floating* x, Py_ssize_t rs, Py_ssize_t cs, int rows,
@@ -555,7 +557,7 @@ cdef Py_ssize_t _sparse_tile(const floating* x, Py_ssize_t rs, Py_ssize_t cs, in
     without its class weight: zcoef) to its gradient."""
     cdef double coef[FX_TILE]
     cdef double zcoef[FX_TILE]
-    cdef double lse
+    cdef double lse, p_y
     cdef double m[FX_TILE]
     cdef double s_rest[FX_TILE]
     cdef double log_s[FX_TILE]
@@ -600,11 +602,17 @@ cdef Py_ssize_t _sparse_tile(const floating* x, Py_ssize_t rs, Py_ssize_t cs, in
                 # coef (p_y - 1): from -s_rest / s when the label is the maximum (no cancellation),
                 # else from coef * p_y, already in the buffer (p_y <= 1/2 there); the z-loss term
                 # zcoef lse p_y is in the buffer too, and added here when the label is the max.
+                # (s_rest / s first: coef s_rest may overflow where the entry does not)
                 if x_y[i] == m[i] and z_loss != 0.0:
-                    grow[y[i] * gcs] = <floating>((-coef[i] * s_rest[i] + zcoef[i] * lse)
-                                                  / (1.0 + s_rest[i]))
+                    grow[y[i] * gcs] = <floating>(-coef[i] * (s_rest[i] / (1.0 + s_rest[i]))
+                                                  + zcoef[i] * lse / (1.0 + s_rest[i]))
                 elif x_y[i] == m[i]:
-                    grow[y[i] * gcs] = <floating>(-coef[i] * s_rest[i] / (1.0 + s_rest[i]))
+                    grow[y[i] * gcs] = <floating>(-coef[i] * (s_rest[i] / (1.0 + s_rest[i])))
+                elif isinf(grow[y[i] * gcs]):
+                    # coef p_y overflowed the buffer's type (a class weight beyond float32's
+                    # range): inf - coef kept the wrong sign; recompute the entry in double
+                    p_y = _exp_shifted(x_y[i], m[i]) / (1.0 + s_rest[i])
+                    grow[y[i] * gcs] = <floating>(coef[i] * (p_y - 1.0) + zcoef[i] * lse * p_y)
                 else:
                     grow[y[i] * gcs] = <floating>(grow[y[i] * gcs] - coef[i])
     return n_bad
@@ -759,7 +767,8 @@ cdef void _dense_row(const floating* x, Py_ssize_t n, Py_ssize_t xs, const float
         if weight != NULL:
             q = q * weight[c]
         g[c * gs] = <floating>fx_dense_grad_one_f64(g[c * gs], q, grad_coef * p_coef * inv_s,
-                                                    grad_coef, grad_coef * inv_s, p_coef, s_rest)
+                                                    grad_coef, grad_coef * inv_s, p_coef,
+                                                    s_rest * inv_s)
 
 
 def dense_xent(const floating[:, :, :] x, const floating[:, :, :] labels, const double[::1] weight,
@@ -829,7 +838,8 @@ cdef void _dense_tile(const floating* x, Py_ssize_t rs, Py_ssize_t cs, int rows,
     cdef double m[FX_TILE]
     cdef double s_rest[FX_TILE]
     cdef double log_s[FX_TILE]
-    cdef double keep = 1.0 - smoothing, spread = smoothing / n, q, dot
+    cdef double keep = 1.0 - smoothing, spread = smoothing / n, q, dot, plain, at_max
+    cdef double coef_inv_s, rest_frac
     cdef Py_ssize_t c
     cdef int i
     for i in range(rows):
@@ -854,18 +864,18 @@ cdef void _dense_tile(const floating* x, Py_ssize_t rs, Py_ssize_t cs, int rows,
                 _fill_row(g + i * grs, n, gcs, NAN)
             continue
         dot = 0.0
+        coef_inv_s = coef[i] / (1.0 + s_rest[i])
+        rest_frac = s_rest[i] / (1.0 + s_rest[i])
         for c in range(n):
             q = keep * t[i * trs + c * tcs] + spread
             if weight != NULL:
                 q = q * weight[c]
             if q != 0.0:  # so that a -inf logit without label mass costs nothing
                 dot += q * (x[i * rs + c * cs] - m[i])
-            if g != NULL:
-                if x[i * rs + c * cs] == m[i]:  # as fx_row_dense_grad: no cancellation here
-                    g[i * grs + c * gcs] = <floating>(coef[i] * ((mass[i] - q) - q * s_rest[i])
-                                                      / (1.0 + s_rest[i]))
-                else:
-                    g[i * grs + c * gcs] = <floating>(g[i * grs + c * gcs] - coef[i] * q)
+            if g != NULL:  # the maximum's entry as in fx_row_dense_grad: no cancellation
+                plain = g[i * grs + c * gcs] - coef[i] * q
+                at_max = coef_inv_s * (mass[i] - q) - (coef[i] * q) * rest_frac
+                g[i * grs + c * gcs] = <floating>(at_max if x[i * rs + c * cs] == m[i] else plain)
         loss[i * loss_s] = mass[i] * log_s[i] - dot
 
 

@@ -179,7 +179,8 @@ def sparse_xent(x, labels, weight, ignore_index, has_ignore, smoothing, loss_out
                 grad_scale, grad_rows, n_threads, z_loss=0.0, softcap=0.0):
     n_classes = x.shape[1]
     w_all = np.ones(n_classes) if weight is None else np.asarray(weight, dtype=np.float64)
-    weight_sum = float(n_classes) if weight is None else float(weight.sum())
+    with np.errstate(over="ignore"):  # an infinite W is used only with label smoothing
+        weight_sum = float(n_classes) if weight is None else float(weight.sum())
     k = smoothing / n_classes
     n_bad = 0
     with np.errstate(all="ignore"):
@@ -222,13 +223,16 @@ def sparse_xent(x, labels, weight, ignore_index, has_ignore, smoothing, loss_out
             # p_y - 1 without cancellation when x_y is the maximum: -s_rest / s
             p_y = np.take_along_axis(st.exps, idx[..., None], axis=-1)[..., 0] * st.inv_s
             p_y_minus_1 = np.where(shifted_y == 0.0, -st.s_rest * st.inv_s, p_y - 1.0)
-            a_coef = (1.0 - smoothing) * w_y + k * weight_sum + z_grad
+            # k W only with smoothing: W, the sum of the weights, may overflow where w_y does not
+            a_coef = (1.0 - smoothing) * w_y + (k * weight_sum if smoothing != 0.0 else 0.0) + z_grad
             grad = st.exps  # reused in place: grad = coef (A p - k w), then the label's class
             grad *= (coef * a_coef * st.inv_s)[..., None]
             if smoothing != 0.0:
                 grad -= (coef[..., None] * k) * w_all
-            g_y = coef * ((1.0 - smoothing) * w_y * p_y_minus_1 + k * (weight_sum * p_y - w_y)
-                          + z_grad * p_y)
+            g_y = (1.0 - smoothing) * w_y * p_y_minus_1 + z_grad * p_y
+            if smoothing != 0.0:
+                g_y = g_y + k * (weight_sum * p_y - w_y)
+            g_y = coef * g_y
             np.put_along_axis(grad, idx[..., None], g_y[..., None], axis=-1)
             _cap_slope(grad, u)
             grad[~st.finite] = np.nan
@@ -271,15 +275,18 @@ def dense_xent(x, labels, weight, smoothing, loss_out, grad_out, grad_scale, gra
             grad = st.exps  # reused in place: grad = coef (mass p - q)
             # where exp(x - m) is 1 (the maximum) as coef inv_s ((P - q) - q s_rest), without the
             # cancellation of P inv_s - q (the compiled kernels' fx_row_dense_grad; no softcap)
-            at_max = np.nonzero(grad == 1.0) if u is None else None
-            q_max = q[at_max] if at_max is not None else None
+            # (grad is C-contiguous, see _RowStats: flat indices are cheap)
+            at_max = np.flatnonzero(grad == 1.0) if u is None else np.zeros(0, dtype=np.intp)
+            q_max = q.reshape(-1)[at_max]
             grad *= (coef * p_coef * st.inv_s)[..., None]
             q *= coef[..., None]
             grad -= q
-            if at_max is not None and q_max.size:
-                rows = at_max[:-1]
-                grad[at_max] = ((coef * st.inv_s)[rows]
-                                * ((p_coef[rows] - q_max) - q_max * st.s_rest[rows]))
+            if at_max.size:
+                rows = at_max // n_classes
+                coef_r = coef.reshape(-1)[rows]
+                inv_r = st.inv_s.reshape(-1)[rows]
+                grad.reshape(-1)[at_max] = (coef_r * inv_r * (p_coef.reshape(-1)[rows] - q_max)
+                                            - (coef_r * q_max) * (st.s_rest.reshape(-1)[rows] * inv_r))
             _cap_slope(grad, u)
             grad[~st.finite] = np.nan
             _rows(grad_out, sa, sb)[...] = grad

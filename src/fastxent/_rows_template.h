@@ -279,13 +279,14 @@ static double FX_NAME(fx_strided_dense_dot)(const FX_T *x, ptrdiff_t xs, const F
 
 /* Dense labels' gradient: g_i = a * g_i - b * q_i, with g_i = exp(x_i - m) on entry and
  * a = b p inv_s (p the softmax's coefficient, inv_s = 1 / (1 + s_rest)). Where g_i is 1 (the row
- * maximum) that is b inv_s ((p - q_i) - q_i s_rest), the same value without the cancellation of
- * p inv_s - q_i: a one-hot target on the maximum (p = q_i) keeps its tiny gradient. */
+ * maximum) that is b inv_s (p - q_i) - b q_i s_rest inv_s, the same value without the
+ * cancellation of p inv_s - q_i: a one-hot target on the maximum (p = q_i) keeps its tiny
+ * gradient. (rest_frac = s_rest inv_s < 1: nothing overflows before the result does.) */
 static inline double FX_NAME(fx_dense_grad_one)(double e, double q, double a, double b,
-                                                double b_inv_s, double p, double s_rest)
+                                                double b_inv_s, double p, double rest_frac)
 {
     double plain = a * e - b * q;
-    double at_max = b_inv_s * ((p - q) - q * s_rest);
+    double at_max = b_inv_s * (p - q) - (b * q) * rest_frac;
     return e == 1.0 ? at_max : plain;
 }
 
@@ -295,16 +296,16 @@ FX_CLONES static void FX_NAME(fx_row_dense_grad)(FX_T *g, const FX_T *t, ptrdiff
                                                  double inv_s)
 {
     ptrdiff_t i;
-    double b_inv_s = b * inv_s;
+    double b_inv_s = b * inv_s, rest_frac = s_rest * inv_s;
     if (w == NULL)
         for (i = 0; i < n; i++)
             g[i] = (FX_T)FX_NAME(fx_dense_grad_one)((double)g[i], keep * (double)t[i] + spread,
-                                                    a, b, b_inv_s, p, s_rest);
+                                                    a, b, b_inv_s, p, rest_frac);
     else
         for (i = 0; i < n; i++)
             g[i] = (FX_T)FX_NAME(fx_dense_grad_one)((double)g[i],
                                                     (keep * (double)t[i] + spread) * w[i],
-                                                    a, b, b_inv_s, p, s_rest);
+                                                    a, b, b_inv_s, p, rest_frac);
 }
 
 /* ---------------------------------------------------------------------------------------
