@@ -74,6 +74,7 @@ cdef extern from "_rows.h" nogil:
                                double spread, const double* w, double p, double s_rest, double inv_s)
     void fx_row_dense_grad_f64(double* g, const double* t, Py_ssize_t n, double a, double b, double keep,
                                double spread, const double* w, double p, double s_rest, double inv_s)
+    double fx_at_max_select(double x, double m, double a, double b)
     double fx_dense_grad_one_f64(double e, double q, double a, double b, double b_inv_s, double p,
                                  double rest_frac)
     # Logit softcap on contiguous rows (the z-loss/softcap section at the end).
@@ -838,7 +839,7 @@ cdef void _dense_tile(const floating* x, Py_ssize_t rs, Py_ssize_t cs, int rows,
     cdef double m[FX_TILE]
     cdef double s_rest[FX_TILE]
     cdef double log_s[FX_TILE]
-    cdef double keep = 1.0 - smoothing, spread = smoothing / n, q, dot, plain, at_max
+    cdef double keep = 1.0 - smoothing, spread = smoothing / n, q, dot, plain, at_max, inv_s
     cdef double coef_inv_s, rest_frac
     cdef Py_ssize_t c
     cdef int i
@@ -864,8 +865,9 @@ cdef void _dense_tile(const floating* x, Py_ssize_t rs, Py_ssize_t cs, int rows,
                 _fill_row(g + i * grs, n, gcs, NAN)
             continue
         dot = 0.0
-        coef_inv_s = coef[i] / (1.0 + s_rest[i])
-        rest_frac = s_rest[i] / (1.0 + s_rest[i])
+        inv_s = 1.0 / (1.0 + s_rest[i])
+        coef_inv_s = coef[i] * inv_s
+        rest_frac = s_rest[i] * inv_s
         for c in range(n):
             q = keep * t[i * trs + c * tcs] + spread
             if weight != NULL:
@@ -875,7 +877,8 @@ cdef void _dense_tile(const floating* x, Py_ssize_t rs, Py_ssize_t cs, int rows,
             if g != NULL:  # the maximum's entry as in fx_row_dense_grad: no cancellation
                 plain = g[i * grs + c * gcs] - coef[i] * q
                 at_max = coef_inv_s * (mass[i] - q) - (coef[i] * q) * rest_frac
-                g[i * grs + c * gcs] = <floating>(at_max if x[i * rs + c * cs] == m[i] else plain)
+                g[i * grs + c * gcs] = <floating>fx_at_max_select(x[i * rs + c * cs], m[i],
+                                                                  at_max, plain)
         loss[i * loss_s] = mass[i] * log_s[i] - dot
 
 
