@@ -74,7 +74,6 @@ cdef extern from "_rows.h" nogil:
                                double spread, const double* w, double p, double s_rest, double inv_s)
     void fx_row_dense_grad_f64(double* g, const double* t, Py_ssize_t n, double a, double b, double keep,
                                double spread, const double* w, double p, double s_rest, double inv_s)
-    double fx_at_max_select(double x, double m, double a, double b)
     double fx_dense_grad_one_f64(double e, double q, double a, double b, double b_inv_s, double p,
                                  double rest_frac)
     # Logit softcap on contiguous rows (the z-loss/softcap section at the end).
@@ -839,9 +838,9 @@ cdef void _dense_tile(const floating* x, Py_ssize_t rs, Py_ssize_t cs, int rows,
     cdef double m[FX_TILE]
     cdef double s_rest[FX_TILE]
     cdef double log_s[FX_TILE]
-    cdef double keep = 1.0 - smoothing, spread = smoothing / n, q, dot, plain, at_max, inv_s
+    cdef double keep = 1.0 - smoothing, spread = smoothing / n, q, dot, inv_s
     cdef double coef_inv_s, rest_frac
-    cdef Py_ssize_t c
+    cdef Py_ssize_t c, arg_max
     cdef int i
     for i in range(rows):
         mass[i] = 0.0
@@ -865,6 +864,7 @@ cdef void _dense_tile(const floating* x, Py_ssize_t rs, Py_ssize_t cs, int rows,
                 _fill_row(g + i * grs, n, gcs, NAN)
             continue
         dot = 0.0
+        arg_max = -1
         inv_s = 1.0 / (1.0 + s_rest[i])
         coef_inv_s = coef[i] * inv_s
         rest_frac = s_rest[i] * inv_s
@@ -874,12 +874,18 @@ cdef void _dense_tile(const floating* x, Py_ssize_t rs, Py_ssize_t cs, int rows,
                 q = q * weight[c]
             if q != 0.0:  # so that a -inf logit without label mass costs nothing
                 dot += q * (x[i * rs + c * cs] - m[i])
-            if g != NULL:  # the maximum's entry as in fx_row_dense_grad: no cancellation
-                plain = g[i * grs + c * gcs] - coef[i] * q
-                at_max = coef_inv_s * (mass[i] - q) - (coef[i] * q) * rest_frac
-                g[i * grs + c * gcs] = <floating>fx_at_max_select(x[i * rs + c * cs], m[i],
-                                                                  at_max, plain)
+            if g != NULL:
+                g[i * grs + c * gcs] = <floating>(g[i * grs + c * gcs] - coef[i] * q)
+            arg_max = c if x[i * rs + c * cs] == m[i] else arg_max
         loss[i * loss_s] = mass[i] * log_s[i] - dot
+        if g != NULL and arg_max >= 0:
+            # the maximum's entry again, as in fx_row_dense_grad, without the cancellation
+            # (one of tied maxima is enough: with ties p <= 1/2, nothing cancels)
+            q = keep * t[i * trs + arg_max * tcs] + spread
+            if weight != NULL:
+                q = q * weight[arg_max]
+            g[i * grs + arg_max * gcs] = <floating>(coef_inv_s * (mass[i] - q)
+                                                    - (coef[i] * q) * rest_frac)
 
 
 cdef void _dense_tiles(const floating[:, :, :] x, const floating[:, :, :] labels,

@@ -207,13 +207,6 @@ static inline double fx_recip_1_2(double a)
     return y + y * r;
 }
 
-/* a where x is the row maximum m, else b: written as a select so that the compiler need not
- * branch (the maximum's position is unpredictable; the tile path's dense gradient) */
-static inline double fx_at_max_select(double x, double m, double a, double b)
-{
-    return x == m ? a : b;
-}
-
 /* Softcap's x / s as (x * pre) * inv_s (a multiplication, not a division, per element): pre is
  * 1 unless 1 / s would overflow (s below 2^-512), then 2^512, with inv_s = 1 / (s * pre). */
 static inline double fx_cap_prescale(double s, double *inv_s)
