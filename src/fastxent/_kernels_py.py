@@ -273,9 +273,9 @@ def dense_xent(x, labels, weight, smoothing, loss_out, grad_out, grad_scale, gra
             coef = _grad_coefs(grad_scale, grad_rows, sa, sb) * np.ones(mass.shape)
             p_coef = mass + z_grad
             grad = st.exps  # reused in place: grad = coef (mass p - q)
-            # where exp(x - m) is 1 (the maximum) as coef inv_s ((P - q) - q s_rest), without the
-            # cancellation of P inv_s - q (the compiled kernels' fx_row_dense_grad; no softcap)
-            # (grad is C-contiguous, see _RowStats: flat indices are cheap)
+            # where exp(x - m) is 1 (the maximum): coef inv_s (P - q) - coef q s_rest inv_s,
+            # without the cancellation of P inv_s - q (fx_row_dense_grad's formula; not with a
+            # softcap). grad is C-contiguous (see _RowStats), so flat indices address it.
             at_max = np.flatnonzero(grad == 1.0) if u is None else np.zeros(0, dtype=np.intp)
             q_max = q.reshape(-1)[at_max]
             grad *= (coef * p_coef * st.inv_s)[..., None]

@@ -121,14 +121,14 @@ def _grad_scale(grad_output: np.ndarray, denominator: np.ndarray, counted: np.nd
 
 def _mean_weight_shift(weight: np.ndarray | None, n_rows: int) -> int:
     """An exponent that keeps the ``mean`` denominator, a sum of up to ``n_rows`` weights, and
-    every weighted row loss finite: 0 unless that sum could overflow, then the one that brings
-    the largest weight below 1. The in-memory call rescales by the total it has counted (see
-    ``_api._shift_for_mean``); here the total is lazy, so the bound is taken instead. A power of
+    every weighted row loss finite: 0 unless that sum could overflow, then the in-memory rule for
+    an overflowing total (``_api._shift_for_mean``), since the total is lazy here. A power of
     two: the mean and its gradient keep their bits."""
     if weight is None or n_rows == 0 or not weight.max() > 0.0:
         return 0
-    top = int(np.frexp(weight.max())[1])  # weight.max() < 2**top
-    return -top if top + int(n_rows).bit_length() > 1000 else 0
+    if int(np.frexp(weight.max())[1]) + int(n_rows).bit_length() <= 1000:  # max < 2**exponent
+        return 0
+    return _api._shift_for_mean(weight, math.inf, n_rows)
 
 
 # ------------------------------------------------------------------------------------------
