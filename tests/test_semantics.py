@@ -1,7 +1,9 @@
 """PyTorch's cross_entropy semantics (NUMERICS.md) written out plainly in long double, so that the
 argument matrix is checked without PyTorch installed; and CrossEntropyLoss equals the functions."""
 
+import inspect
 import itertools
+import pickle
 import zlib
 
 import numpy as np
@@ -134,7 +136,9 @@ def test_crossentropyloss_equals_the_functions(backend, dtype, reduction, probab
     x, t, weight, rng = _case((6, 4, 3), dtype, 4, probabilities)
     if not probabilities:
         t[0, 0] = 2
-    options = {"weight": weight, "ignore_index": 2, "reduction": reduction, "label_smoothing": 0.1}
+    options = {"weight": weight, "reduction": reduction, "label_smoothing": 0.1}
+    if not probabilities:  # (an ignore_index with probabilities is an error)
+        options["ignore_index"] = 2
     module = fastxent.CrossEntropyLoss(**options)
     np.testing.assert_array_equal(module(x, t), fastxent.cross_entropy(x, t, **options))
     grad_output = rng.standard_normal((6, 3)) if reduction == "none" else 0.5
@@ -152,3 +156,32 @@ def test_crossentropyloss_defaults_are_pytorchs(backend, dtype):
     t[0] = -100
     np.testing.assert_array_equal(fastxent.CrossEntropyLoss()(x, t), fastxent.cross_entropy(x, t))
     assert np.isfinite(fastxent.CrossEntropyLoss()(x, t))  # -100 ignored by default
+
+
+@pytest.mark.parametrize("ignore_index", [1, -100, -5])
+def test_an_explicit_ignore_index_with_probability_targets_is_an_error(backend, dtype,
+                                                                       ignore_index):
+    # PyTorch: RuntimeError "ignore_index is not supported for floating point target" (for
+    # ignore_index >= 0); here any explicit value, the default's -100 included, is refused
+    x = np.zeros((3, 4), dtype)
+    target = np.full((3, 4), 0.25, dtype)
+    for call in (lambda: fastxent.cross_entropy(x, target, ignore_index=ignore_index),
+                 lambda: fastxent.cross_entropy_with_grad(x, target, ignore_index=ignore_index),
+                 lambda: fastxent.CrossEntropyLoss(ignore_index=ignore_index)(x, target),
+                 lambda: fastxent.CrossEntropyLoss(ignore_index=ignore_index).with_grad(x, target)):
+        with pytest.raises(ValueError, match="ignore_index is not supported with class probab"):
+            call()
+    # class indices with the same loss object are fine
+    loss = fastxent.CrossEntropyLoss(ignore_index=ignore_index)(x, np.array([0, 1, 2]))
+    assert np.isfinite(loss)
+
+
+def test_the_default_ignore_index_is_minus_100_and_told_apart(backend):
+    default = inspect.signature(fastxent.cross_entropy).parameters["ignore_index"].default
+    assert default == -100 and repr(default) == "-100"
+    module = pickle.loads(pickle.dumps(fastxent.CrossEntropyLoss()))
+    assert "ignore_index=-100" in repr(module)
+    x, target = np.zeros((2, 3)), np.full((2, 3), 1 / 3)
+    np.testing.assert_allclose(module(x, target), np.log(3), rtol=1e-15)  # still the default
+    labels = np.array([0, -100])
+    np.testing.assert_allclose(module(x, labels), np.log(3), rtol=1e-15)  # -100 is ignored

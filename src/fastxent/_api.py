@@ -370,15 +370,11 @@ def _torch_call(input, target, weight, ignore_index, reduction, label_smoothing,
     w = check.class_weight(weight, c)
     nt = _threads(n_threads)
     t = np.asarray(target)
-    sparse = t.dtype.kind in "iu"
+    sparse = check.target_is_class_indices(t.dtype, t.shape, x.shape, ax, ignore)
     if sparse:
         labels = check.sparse_labels(t, x.shape[:ax] + x.shape[ax + 1:], "input", x.shape, "target")
-    elif t.dtype.kind == "f":
-        labels = check.dense_labels(t, x.shape, x.dtype, "input", "target (class probabilities)")
     else:
-        raise TypeError(
-            f"target must be integer class indices or floating class probabilities; got dtype {t.dtype}"
-        )
+        labels = check.dense_labels(t, x.shape, x.dtype, "input", "target (class probabilities)")
     problem = _Problem(x, ax, result)
     grad = None
     if with_grad:
@@ -393,8 +389,9 @@ def _torch_call(input, target, weight, ignore_index, reduction, label_smoothing,
 
 
 def cross_entropy(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
-                  ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
-                  z_loss: float = 0.0, softcap: float | None = None,
+                  ignore_index: int = check.IGNORE_INDEX_DEFAULT, reduction: str = "mean",
+                  label_smoothing: float = 0.0, z_loss: float = 0.0,
+                  softcap: float | None = None,
                   n_threads: int | None = None) -> np.ndarray | np.generic:
     """Cross-entropy of logits, as ``torch.nn.functional.cross_entropy``.
 
@@ -402,7 +399,8 @@ def cross_entropy(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | No
     An integer ``target`` of shape ``(N, d1, ..., dK)`` holds class indices:
     ``l_n = w[y_n] * (logsumexp(x_n) - x_n[y_n])``, rows equal to ``ignore_index`` contribute
     nothing, and ``mean`` divides by the total weight of the other rows. A floating ``target`` of
-    ``input``'s shape holds class probabilities (``mean`` divides by the number of rows).
+    ``input``'s shape holds class probabilities (``mean`` divides by the number of rows; an
+    ``ignore_index`` passed with them, even -100, is a ValueError: no target can be ignored).
     ``label_smoothing`` mixes the target with the uniform distribution, as PyTorch does.
 
     ``z_loss=lam`` adds ``lam * logsumexp(x_n)**2`` to every row's loss (PaLM's z-loss): per row,
@@ -419,7 +417,7 @@ def cross_entropy(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | No
 
 
 def cross_entropy_with_grad(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
-                            ignore_index: int = -100, reduction: str = "mean",
+                            ignore_index: int = check.IGNORE_INDEX_DEFAULT, reduction: str = "mean",
                             label_smoothing: float = 0.0, z_loss: float = 0.0,
                             softcap: float | None = None, grad_output: ArrayLike = 1.0,
                             out: np.ndarray | None = None, n_threads: int | None = None):
@@ -443,8 +441,9 @@ class CrossEntropyLoss:
     np.float32(2.407606)
     """
 
-    def __init__(self, weight: ArrayLike | None = None, ignore_index: int = -100,
-                 reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
+    def __init__(self, weight: ArrayLike | None = None,
+                 ignore_index: int = check.IGNORE_INDEX_DEFAULT, reduction: str = "mean",
+                 label_smoothing: float = 0.0, z_loss: float = 0.0,
                  softcap: float | None = None) -> None:
         w = check.class_weight(weight, None)
         self.weight = None if w is None else w.copy()  # the caller's array may change later

@@ -74,7 +74,7 @@ cdef extern from "_rows.h" nogil:
                                double spread, const double* w, double p, double s_rest, double inv_s)
     void fx_row_dense_grad_f64(double* g, const double* t, Py_ssize_t n, double a, double b, double keep,
                                double spread, const double* w, double p, double s_rest, double inv_s)
-    double fx_dense_grad_one_f64(double e, double q, double a, double b, double b_inv_s, double p,
+    double fx_dense_grad_one_f64(double e, double q, double a, double b, double p,
                                  double rest_frac)
     # Logit softcap on contiguous rows (the z-loss/softcap section at the end).
     double fx_cap_one_f32(double x, double s, double* slope)
@@ -767,8 +767,7 @@ cdef void _dense_row(const floating* x, Py_ssize_t n, Py_ssize_t xs, const float
         if weight != NULL:
             q = q * weight[c]
         g[c * gs] = <floating>fx_dense_grad_one_f64(g[c * gs], q, grad_coef * p_coef * inv_s,
-                                                    grad_coef, grad_coef * inv_s, p_coef,
-                                                    s_rest * inv_s)
+                                                    grad_coef, p_coef, s_rest * inv_s)
 
 
 def dense_xent(const floating[:, :, :] x, const floating[:, :, :] labels, const double[::1] weight,
@@ -838,8 +837,7 @@ cdef void _dense_tile(const floating* x, Py_ssize_t rs, Py_ssize_t cs, int rows,
     cdef double m[FX_TILE]
     cdef double s_rest[FX_TILE]
     cdef double log_s[FX_TILE]
-    cdef double keep = 1.0 - smoothing, spread = smoothing / n, q, dot, inv_s
-    cdef double coef_inv_s, rest_frac
+    cdef double keep = 1.0 - smoothing, spread = smoothing / n, q, dot, rest_frac
     cdef Py_ssize_t c, arg_max
     cdef int i
     for i in range(rows):
@@ -865,9 +863,7 @@ cdef void _dense_tile(const floating* x, Py_ssize_t rs, Py_ssize_t cs, int rows,
             continue
         dot = 0.0
         arg_max = -1
-        inv_s = 1.0 / (1.0 + s_rest[i])
-        coef_inv_s = coef[i] * inv_s
-        rest_frac = s_rest[i] * inv_s
+        rest_frac = s_rest[i] * (1.0 / (1.0 + s_rest[i]))
         for c in range(n):
             q = keep * t[i * trs + c * tcs] + spread
             if weight != NULL:
@@ -878,14 +874,14 @@ cdef void _dense_tile(const floating* x, Py_ssize_t rs, Py_ssize_t cs, int rows,
                 g[i * grs + c * gcs] = <floating>(g[i * grs + c * gcs] - coef[i] * q)
             arg_max = c if x[i * rs + c * cs] == m[i] else arg_max
         loss[i * loss_s] = mass[i] * log_s[i] - dot
-        if g != NULL and arg_max >= 0:
-            # the maximum's entry again, as in fx_row_dense_grad, without the cancellation
-            # (one of tied maxima is enough: with ties p <= 1/2, nothing cancels)
+        if g != NULL and arg_max >= 0 and rest_frac < 0.5:
+            # the maximum's entry again, Note [dense maximum entry] (with tied maxima
+            # s_rest >= 1: the plain entry of the buffer stays)
             q = keep * t[i * trs + arg_max * tcs] + spread
             if weight != NULL:
                 q = q * weight[arg_max]
-            g[i * grs + arg_max * gcs] = <floating>(coef_inv_s * (mass[i] - q)
-                                                    - (coef[i] * q) * rest_frac)
+            g[i * grs + arg_max * gcs] = <floating>(coef[i] * ((mass[i] - q)
+                                                               - mass[i] * rest_frac))
 
 
 cdef void _dense_tiles(const floating[:, :, :] x, const floating[:, :, :] labels,

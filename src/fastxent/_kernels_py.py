@@ -50,6 +50,10 @@ def _rows(arr: np.ndarray, sa: slice, sb: slice) -> np.ndarray:
     return np.moveaxis(arr[sa, :, sb], 1, -1)
 
 
+# long double with more digits than double (x86's 80-bit format; not where it is double itself)
+_WIDE_LONG_DOUBLE = np.finfo(np.longdouble).nmant > np.finfo(np.float64).nmant
+
+
 class _RowStats:
     """Per-row max and exponential sums of a block, the quantities every kernel starts from.
 
@@ -82,7 +86,12 @@ class _RowStats:
             low += 1.0
             self.exps *= low
         np.put_along_axis(self.exps, first_max, 0.0, axis=-1)
-        self.s_rest = self.exps.sum(axis=-1)
+        if x.dtype == np.float64 and _WIDE_LONG_DOUBLE:
+            # Note [compensated exp sums]: the compiled kernels keep each addition's rounding
+            # error; here the sum is taken in long double and rounded once
+            self.s_rest = self.exps.sum(axis=-1, dtype=np.longdouble).astype(np.float64)
+        else:
+            self.s_rest = self.exps.sum(axis=-1)
         np.put_along_axis(self.exps, first_max, 1.0, axis=-1)
         self.log_s = np.log1p(self.s_rest)
         self.inv_s = 1.0 / (1.0 + self.s_rest)
@@ -273,20 +282,21 @@ def dense_xent(x, labels, weight, smoothing, loss_out, grad_out, grad_scale, gra
             coef = _grad_coefs(grad_scale, grad_rows, sa, sb) * np.ones(mass.shape)
             p_coef = mass + z_grad
             grad = st.exps  # reused in place: grad = coef (mass p - q)
-            # where exp(x - m) is 1 (the maximum): coef inv_s (P - q) - coef q s_rest inv_s,
-            # without the cancellation of P inv_s - q (fx_row_dense_grad's formula; not with a
+            # where exp(x - m) is 1 (the maximum) and s_rest < 1: coef ((P - q) - P s_rest inv_s),
+            # without the rounding of 1 + s_rest (Note [dense maximum entry]; not with a
             # softcap). grad is C-contiguous (see _RowStats), so flat indices address it.
-            at_max = np.flatnonzero(grad == 1.0) if u is None else np.zeros(0, dtype=np.intp)
+            near_one = (grad == 1.0) & (st.s_rest * st.inv_s < 0.5)[..., None]
+            at_max = np.flatnonzero(near_one) if u is None else np.zeros(0, dtype=np.intp)
             q_max = q.reshape(-1)[at_max]
             grad *= (coef * p_coef * st.inv_s)[..., None]
             q *= coef[..., None]
             grad -= q
             if at_max.size:
                 rows = at_max // n_classes
-                coef_r = coef.reshape(-1)[rows]
-                inv_r = st.inv_s.reshape(-1)[rows]
-                grad.reshape(-1)[at_max] = (coef_r * inv_r * (p_coef.reshape(-1)[rows] - q_max)
-                                            - (coef_r * q_max) * (st.s_rest.reshape(-1)[rows] * inv_r))
+                p_r = p_coef.reshape(-1)[rows]
+                rest_frac = st.s_rest.reshape(-1)[rows] * st.inv_s.reshape(-1)[rows]
+                grad.reshape(-1)[at_max] = (coef.reshape(-1)[rows]
+                                            * ((p_r - q_max) - p_r * rest_frac))
             _cap_slope(grad, u)
             grad[~st.finite] = np.nan
             _rows(grad_out, sa, sb)[...] = grad

@@ -28,21 +28,93 @@ FX_CLONES static double FX_NAME(fx_row_max)(const FX_T *x, ptrdiff_t n)
     return lanes[0] == lanes[0] ? lanes[0] : -INFINITY;
 }
 
-/* One block of FX_LANES elements of fx_row_exp_sum: acc += exp(x - m) for x != m, count the
- * x == m, and store exp(x - m) into e when e is not NULL. */
+/* One block of FX_LANES elements of fx_row_exp_sum: acc += exp(x - m) for x != m (for double
+ * data with its rounding error into comp: Note [compensated exp sums]), count the x == m, and
+ * store exp(x - m) into e when e is not NULL. */
 static inline void FX_NAME(fx_exp_sum_block)(const FX_T *x, double m, FX_T *e, double *acc,
-                                             double *count)
+                                             double *comp, double *count)
 {
     int j;
     double v[FX_LANES];
     for (j = 0; j < FX_LANES; j++) {
         int at_max = (double)x[j] == m;
         v[j] = FX_NAME(fx_exp_shifted)(x[j], m);
+#if FX_COMPENSATED
+        acc[j] = fx_two_sum(acc[j], at_max ? 0.0 : v[j], &comp[j]);
+#else
+        (void)comp;
         acc[j] += at_max ? 0.0 : v[j];
+#endif
         count[j] += at_max ? 1.0 : 0.0;
     }
     if (e != NULL)
         for (j = 0; j < FX_LANES; j++) e[j] = (FX_T)v[j];
+}
+
+/* Every exp sum runs this one body, on a contiguous row or on a block gathered from a strided
+ * one: acc[j] (+ comp[j]) += exp(x - m) and count[j] += (x == m) over x[0..n) (n a multiple of
+ * FX_LANES), and e = exp(x - m) when e is not NULL (e may be x); pf_x, pf_e (or NULL) are
+ * prefetched alongside. Not inlined, so that its arithmetic is compiled once per clone: where it
+ * is contracted into FMAs depends on the context it is compiled in and on the build's flags, and
+ * a strided row must give the bits of a contiguous one (Note [strided bits]). The sums are local
+ * (acc may alias e for double data). */
+FX_CLONES __attribute__((noinline)) static void FX_NAME(fx_exp_sum_span)(
+    const FX_T *x, ptrdiff_t n, double m, FX_T *e, double *acc_io, double *comp_io,
+    double *count_io, const char *pf_x, char *pf_e)
+{
+    double acc[FX_LANES], comp[FX_LANES], count[FX_LANES];
+    ptrdiff_t i;
+    int j;
+    for (j = 0; j < FX_LANES; j++) {
+        acc[j] = acc_io[j];
+        comp[j] = comp_io[j];
+        count[j] = count_io[j];
+    }
+    for (i = 0; i < n; i += FX_LANES) {
+        /* The loop is compute-bound: meanwhile, fetch what follows the row (the next row, for
+         * contiguous rows) into L2, so that its max pass does not wait on memory. Prefetches
+         * never fault, so reading past the end of the array is harmless. */
+        if (pf_x != NULL) {
+            __builtin_prefetch(pf_x + i * (ptrdiff_t)sizeof(FX_T), 0, 2);
+            if (pf_e != NULL) __builtin_prefetch(pf_e + i * (ptrdiff_t)sizeof(FX_T), 1, 2);
+        }
+        FX_NAME(fx_exp_sum_block)(x + i, m, e != NULL ? e + i : NULL, acc, comp, count);
+    }
+    for (j = 0; j < FX_LANES; j++) {
+        acc_io[j] = acc[j];
+        comp_io[j] = comp[j];
+        count_io[j] = count[j];
+    }
+}
+
+/* The exp sums' two-level accumulation: the FX_LANES sums of a span (at most FX_SUM_BLOCK terms
+ * each) go into the outer sums, which keeps the rounding error of long rows (C = 32000) small. */
+static inline void FX_NAME(fx_exp_sum_outer)(double *outer, double *outer_comp, const double *acc,
+                                             const double *comp)
+{
+    int j;
+    for (j = 0; j < FX_LANES; j++) {
+#if FX_COMPENSATED
+        outer[j] = fx_two_sum(outer[j], acc[j], &outer_comp[j]);
+        outer_comp[j] += comp[j];
+#else
+        (void)outer_comp;
+        (void)comp;
+        outer[j] += acc[j];
+#endif
+    }
+}
+
+/* s_rest from the outer sums and the count of maxima */
+static inline double FX_NAME(fx_exp_sum_total)(const double *outer, const double *outer_comp,
+                                               const double *count)
+{
+#if FX_COMPENSATED
+    return fx_combine_compensated(outer, outer_comp, fx_combine(count) - 1.0);
+#else
+    (void)outer_comp;
+    return fx_combine(outer) + (fx_combine(count) - 1.0);
+#endif
 }
 
 /* sum exp(x_i - m) - 1 without adding the 1 of the maximum (terms with x_i == m are counted,
@@ -51,70 +123,65 @@ static inline void FX_NAME(fx_exp_sum_block)(const FX_T *x, double m, FX_T *e, d
  * element takes the vectorised path. */
 FX_CLONES static double FX_NAME(fx_row_exp_sum)(const FX_T *x, ptrdiff_t n, double m, FX_T *e)
 {
-    double acc[FX_LANES], outer[FX_LANES], count[FX_LANES];
+    double acc[FX_LANES], comp[FX_LANES], outer[FX_LANES], outer_comp[FX_LANES];
+    double count[FX_LANES];
     FX_T pad_x[FX_LANES], pad_e[FX_LANES];
     int prefetch = (size_t)n * sizeof(FX_T) * (e != NULL ? 2 : 1) <= FX_PREFETCH_MAX_ROW;
     ptrdiff_t i = 0, rest, n_full = n - n % FX_LANES;
     int j;
-    for (j = 0; j < FX_LANES; j++) { outer[j] = 0.0; count[j] = 0.0; }
-    /* two-level sums: each lane adds at most FX_SUM_BLOCK terms before they go into the outer
-     * sum, which keeps the rounding error of long rows (C = 32000) small. The inner loop is
-     * its own loop, so that its partial sums stay in registers. */
+    for (j = 0; j < FX_LANES; j++) { outer[j] = 0.0; outer_comp[j] = 0.0; count[j] = 0.0; }
     while (i < n_full) {
-        ptrdiff_t block_end = n_full - i > FX_SUM_BLOCK * FX_LANES ? i + FX_SUM_BLOCK * FX_LANES
-                                                                    : n_full;
-        for (j = 0; j < FX_LANES; j++) acc[j] = 0.0;
-        for (; i < block_end; i += FX_LANES) {
-            /* The loop is compute-bound: meanwhile, fetch what follows the row (the next row,
-             * for contiguous rows) into L2, so that its max pass does not wait on memory.
-             * Prefetches never fault, so reading past the end of the array is harmless. */
-            if (prefetch) {
-                __builtin_prefetch((const char *)(x + n + i), 0, 2);
-                if (e != NULL) __builtin_prefetch((const char *)(e + n + i), 1, 2);
-            }
-            FX_NAME(fx_exp_sum_block)(x + i, m, e != NULL ? e + i : NULL, acc, count);
-        }
-        for (j = 0; j < FX_LANES; j++) outer[j] += acc[j];
+        ptrdiff_t span = n_full - i > FX_SUM_BLOCK * FX_LANES ? FX_SUM_BLOCK * FX_LANES
+                                                             : n_full - i;
+        for (j = 0; j < FX_LANES; j++) { acc[j] = 0.0; comp[j] = 0.0; }
+        FX_NAME(fx_exp_sum_span)(x + i, span, m, e != NULL ? e + i : NULL, acc, comp, count,
+                                 prefetch ? (const char *)(x + n + i) : NULL,
+                                 prefetch && e != NULL ? (char *)(e + n + i) : NULL);
+        FX_NAME(fx_exp_sum_outer)(outer, outer_comp, acc, comp);
+        i += span;
     }
     rest = n - i;
     if (rest > 0) {
-        for (j = 0; j < FX_LANES; j++) acc[j] = 0.0;
+        for (j = 0; j < FX_LANES; j++) { acc[j] = 0.0; comp[j] = 0.0; }
         for (j = 0; j < FX_LANES; j++) pad_x[j] = j < rest ? x[i + j] : -INFINITY;
-        FX_NAME(fx_exp_sum_block)(pad_x, m, pad_e, acc, count);
+        FX_NAME(fx_exp_sum_span)(pad_x, FX_LANES, m, e != NULL ? pad_e : NULL, acc, comp, count,
+                                 NULL, NULL);
         if (e != NULL)
             for (j = 0; j < rest; j++) e[i + j] = pad_e[j];
-        for (j = 0; j < FX_LANES; j++) outer[j] += acc[j];
+        FX_NAME(fx_exp_sum_outer)(outer, outer_comp, acc, comp);
     }
-    return fx_combine(outer) + (fx_combine(count) - 1.0);
+    return FX_NAME(fx_exp_sum_total)(outer, outer_comp, count);
 }
 
 /* fx_row_exp_sum for a strided row (x[i * xs], e[i * es]; the class axis of an (N, C, H, W)
- * array, or of a Fortran-order one): each block of FX_LANES elements is gathered into a buffer
- * and goes through fx_exp_sum_block, in the same order as a contiguous row, so that a long
- * strided row is as accurate as a contiguous one, with the same bits (a running sum of 1000
- * terms was 19 ulp off in float64). */
+ * array, or of a Fortran-order one). Note [strided bits]: each span of the contiguous loop is
+ * gathered into a buffer and goes through the same fx_exp_sum_span, in the same order, so that a
+ * strided row has the accuracy and the bits of a contiguous one (a running sum of 1000 terms is
+ * 19 ulp off in float64). */
 FX_CLONES static double FX_NAME(fx_strided_exp_sum)(const FX_T *x, ptrdiff_t n, ptrdiff_t xs,
                                                      double m, FX_T *e, ptrdiff_t es)
 {
-    double acc[FX_LANES], outer[FX_LANES], count[FX_LANES];
-    FX_T buf_x[FX_LANES], buf_e[FX_LANES];
-    ptrdiff_t i = 0, n_full = n - n % FX_LANES;
+    double acc[FX_LANES], comp[FX_LANES], outer[FX_LANES], outer_comp[FX_LANES];
+    double count[FX_LANES];
+    FX_T buf_x[FX_SUM_BLOCK * FX_LANES], buf_e[FX_SUM_BLOCK * FX_LANES];
+    ptrdiff_t i = 0, k, n_full = n - n % FX_LANES;
     int j;
-    for (j = 0; j < FX_LANES; j++) { outer[j] = 0.0; count[j] = 0.0; }
+    for (j = 0; j < FX_LANES; j++) { outer[j] = 0.0; outer_comp[j] = 0.0; count[j] = 0.0; }
     while (i < n) {
-        ptrdiff_t block_end = i < n_full ? (n_full - i > FX_SUM_BLOCK * FX_LANES
-                                            ? i + FX_SUM_BLOCK * FX_LANES : n_full)
-                                         : n; /* the partial last block, padded with -inf */
-        for (j = 0; j < FX_LANES; j++) acc[j] = 0.0;
-        for (; i < block_end; i += FX_LANES) {
-            for (j = 0; j < FX_LANES; j++) buf_x[j] = i + j < n ? x[(i + j) * xs] : -INFINITY;
-            FX_NAME(fx_exp_sum_block)(buf_x, m, e != NULL ? buf_e : NULL, acc, count);
-            if (e != NULL)
-                for (j = 0; j < FX_LANES && i + j < n; j++) e[(i + j) * es] = buf_e[j];
-        }
-        for (j = 0; j < FX_LANES; j++) outer[j] += acc[j];
+        /* a span of full blocks, or the partial last block padded with -inf */
+        ptrdiff_t span = i < n_full ? (n_full - i > FX_SUM_BLOCK * FX_LANES
+                                       ? FX_SUM_BLOCK * FX_LANES : n_full - i)
+                                    : FX_LANES;
+        for (j = 0; j < FX_LANES; j++) { acc[j] = 0.0; comp[j] = 0.0; }
+        for (k = 0; k < span; k++) buf_x[k] = i + k < n ? x[(i + k) * xs] : -INFINITY;
+        FX_NAME(fx_exp_sum_span)(buf_x, span, m, e != NULL ? buf_e : NULL, acc, comp, count,
+                                 NULL, NULL);
+        if (e != NULL)
+            for (k = 0; k < span && i + k < n; k++) e[(i + k) * es] = buf_e[k];
+        FX_NAME(fx_exp_sum_outer)(outer, outer_comp, acc, comp);
+        i += span;
     }
-    return fx_combine(outer) + (fx_combine(count) - 1.0);
+    return FX_NAME(fx_exp_sum_total)(outer, outer_comp, count);
 }
 
 /* g[i] *= factor */
@@ -180,7 +247,7 @@ FX_CLONES static void FX_NAME(fx_tile_stats)(const FX_T *x, ptrdiff_t rs, ptrdif
     FX_T xt[FX_TILE_MAX_C][FX_TILE];
     double et[FX_TILE_MAX_C][FX_TILE];
     FX_T mt[FX_TILE];
-    double m[FX_TILE], acc[FX_TILE], count[FX_TILE], factor[FX_TILE];
+    double m[FX_TILE], acc[FX_TILE], comp[FX_TILE], count[FX_TILE], factor[FX_TILE];
     ptrdiff_t c;
     int r;
     /* the tile into xt[class][row]; a full tile whose rows are adjacent (rs == 1: the
@@ -193,7 +260,7 @@ FX_CLONES static void FX_NAME(fx_tile_stats)(const FX_T *x, ptrdiff_t rs, ptrdif
         for (c = 0; c < n_classes; c++)
             for (r = 0; r < FX_TILE; r++)
                 xt[c][r] = r < rows ? x[r * rs + c * cs] : (FX_T)0;
-    for (r = 0; r < FX_TILE; r++) { mt[r] = -INFINITY; acc[r] = 0.0; count[r] = 0.0; }
+    for (r = 0; r < FX_TILE; r++) { mt[r] = -INFINITY; acc[r] = 0.0; comp[r] = 0.0; count[r] = 0.0; }
     for (c = 0; c < n_classes; c++)
         for (r = 0; r < FX_TILE; r++)
             mt[r] = xt[c][r] > mt[r] ? xt[c][r] : mt[r];
@@ -202,12 +269,20 @@ FX_CLONES static void FX_NAME(fx_tile_stats)(const FX_T *x, ptrdiff_t rs, ptrdif
         for (r = 0; r < FX_TILE; r++) {
             int at_max = (double)xt[c][r] == m[r];
             double v = FX_NAME(fx_exp_shifted)(xt[c][r], m[r]);
+#if FX_COMPENSATED
+            acc[r] = fx_two_sum(acc[r], at_max ? 0.0 : v, &comp[r]);
+#else
             acc[r] += at_max ? 0.0 : v;
+#endif
             count[r] += at_max ? 1.0 : 0.0;
             et[c][r] = v;
         }
     for (r = 0; r < FX_TILE; r++) {
+#if FX_COMPENSATED
+        double s_rest = acc[r] + (comp[r] + (count[r] - 1.0));
+#else
         double s_rest = acc[r] + (count[r] - 1.0);
+#endif
         s_rest_out[r] = s_rest;
         log_s_out[r] = fx_log1p_pos(s_rest);
         m_out[r] = m[r];
@@ -278,16 +353,21 @@ static double FX_NAME(fx_strided_dense_dot)(const FX_T *x, ptrdiff_t xs, const F
 }
 
 /* Dense labels' gradient: g_i = a * g_i - b * q_i, with g_i = exp(x_i - m) on entry and
- * a = b p inv_s (p the softmax's coefficient, inv_s = 1 / (1 + s_rest)). Where g_i is 1 (the row
- * maximum) that is b inv_s (p - q_i) - b q_i s_rest inv_s, the same value without the
- * cancellation of p inv_s - q_i: a one-hot target on the maximum (p = q_i) keeps its tiny
- * gradient. (rest_frac = s_rest inv_s < 1: nothing overflows before the result does.) */
+ * a = b p inv_s (p the softmax's coefficient, inv_s = 1 / (1 + s_rest)).
+ * Note [dense maximum entry]: where g_i is 1 (the row maximum) and s_rest < 1, the entry is
+ * b ((p - q_i) - p rest_frac) with rest_frac = s_rest inv_s < 1/2: the value of b (p inv_s - q_i)
+ * without the rounding of 1 + s_rest, which loses the digits of s_rest below an ulp of 1 (and
+ * with them the last digits of a result that does not cancel, or every digit of one that
+ * does). A one-hot target on the maximum (p = q_i) keeps its tiny gradient -b p rest_frac, and a
+ * soft one its last digit (TensorFlow's [[0.5, 0.5]] on logits [[37.43, 0]]:
+ * 0.49999999999999994, not 0.5). For s_rest >= 1 the plain formula is the more exact: its
+ * terms are the smaller. Nothing overflows before the result does: p, q_i >= 0. */
 static inline double FX_NAME(fx_dense_grad_one)(double e, double q, double a, double b,
-                                                double b_inv_s, double p, double rest_frac)
+                                                double p, double rest_frac)
 {
     double plain = a * e - b * q;
-    double at_max = b_inv_s * (p - q) - (b * q) * rest_frac;
-    return e == 1.0 ? at_max : plain;
+    double near_one = b * ((p - q) - p * rest_frac);
+    return e == 1.0 && rest_frac < 0.5 ? near_one : plain;
 }
 
 FX_CLONES static void FX_NAME(fx_row_dense_grad)(FX_T *g, const FX_T *t, ptrdiff_t n, double a,
@@ -296,16 +376,16 @@ FX_CLONES static void FX_NAME(fx_row_dense_grad)(FX_T *g, const FX_T *t, ptrdiff
                                                  double inv_s)
 {
     ptrdiff_t i;
-    double b_inv_s = b * inv_s, rest_frac = s_rest * inv_s;
+    double rest_frac = s_rest * inv_s;
     if (w == NULL)
         for (i = 0; i < n; i++)
             g[i] = (FX_T)FX_NAME(fx_dense_grad_one)((double)g[i], keep * (double)t[i] + spread,
-                                                    a, b, b_inv_s, p, rest_frac);
+                                                    a, b, p, rest_frac);
     else
         for (i = 0; i < n; i++)
             g[i] = (FX_T)FX_NAME(fx_dense_grad_one)((double)g[i],
                                                     (keep * (double)t[i] + spread) * w[i],
-                                                    a, b, b_inv_s, p, rest_frac);
+                                                    a, b, p, rest_frac);
 }
 
 /* ---------------------------------------------------------------------------------------

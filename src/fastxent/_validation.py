@@ -15,6 +15,18 @@ from typing import Any
 import numpy as np
 
 REDUCTIONS = ("mean", "sum", "none")
+
+
+class _DefaultIgnoreIndex(int):
+    """The type of IGNORE_INDEX_DEFAULT: -100 that tells a default from an explicit argument."""
+
+    __slots__ = ()
+
+
+#: The default ``ignore_index``: -100, as PyTorch's, but told apart from an explicit -100 by
+#: its type, so that an ``ignore_index`` passed with class probabilities (where no target can be
+#: ignored) is an error rather than silently ignored.
+IGNORE_INDEX_DEFAULT: int = _DefaultIgnoreIndex(-100)
 _INT64 = np.iinfo(np.int64)
 _INT64_MIN, _INT64_MAX = int(_INT64.min), int(_INT64.max)
 
@@ -89,6 +101,53 @@ def n_classes(shape: tuple[int, ...], axis: int, name: str) -> int:
     if c == 0:
         raise ValueError(f"{name} has zero classes (shape {shape}, class axis {axis}): at least one is needed")
     return c
+
+
+def target_is_class_indices(dtype: np.dtype, shape: tuple[int, ...], input_shape: tuple[int, ...],
+                            class_axis: int, ignore_index: Any) -> bool:
+    """Whether a target of ``dtype`` and ``shape`` holds class indices (True) or class
+    probabilities (False), by PyTorch's rule: integers of the input's shape without the class
+    axis are indices, floats of the input's shape are probabilities. Any other target raises the
+    error that names its problem: TypeError for the wrong dtype of a right shape, ValueError for
+    a shape that fits neither kind, and ValueError for an explicit ``ignore_index`` with
+    probabilities."""
+    shape, input_shape = tuple(shape), tuple(input_shape)
+    index_shape = input_shape[:class_axis] + input_shape[class_axis + 1:]
+    if dtype.kind in "iu":
+        if shape == index_shape:
+            return True
+        if shape == input_shape:
+            raise TypeError(
+                f"target has the input's shape {input_shape}, the shape of class probabilities, "
+                f"but integer dtype {dtype}: class probabilities must be floating (class "
+                f"indices have shape {index_shape})"
+            )
+        raise ValueError(
+            f"target shape {shape} does not match input shape {input_shape}: class indices (an "
+            f"integer target) have shape {index_shape}"
+        )
+    if dtype.kind == "f":
+        if shape == input_shape:
+            if type(ignore_index) is not _DefaultIgnoreIndex:
+                raise ValueError(
+                    "ignore_index is not supported with class probabilities (a floating target "
+                    "of the input's shape), where every target counts: leave ignore_index out, "
+                    "or give integer class indices"
+                )
+            return False
+        if shape == index_shape:
+            raise TypeError(
+                f"target has the shape of class indices {index_shape} but dtype {dtype}: class "
+                f"indices must be integers (target.astype(np.int64)); class probabilities have "
+                f"the input's shape {input_shape}"
+            )
+        raise ValueError(
+            f"target shape {shape} does not match input shape {input_shape}: class "
+            f"probabilities (a floating target) have the input's shape"
+        )
+    raise TypeError(
+        f"target must be integer class indices or floating class probabilities; got dtype {dtype}"
+    )
 
 
 def sparse_labels(labels: Any, expected_shape: tuple[int, ...], logits_name: str,
@@ -184,7 +243,10 @@ def softcap(value: Any) -> float:
 
 
 def ignore_index(value: Any) -> int:
+    """An int64 ``ignore_index`` (IGNORE_INDEX_DEFAULT itself when it is the default)."""
     if type(value) is int and _INT64_MIN <= value <= _INT64_MAX:  # the common case, checked fast
+        return value
+    if type(value) is _DefaultIgnoreIndex:
         return value
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"ignore_index must be an integer; got {value!r}")

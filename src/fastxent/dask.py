@@ -268,6 +268,7 @@ def _torch_call(input: Any, target: Any, weight: Any, ignore_index: Any, reducti
         check.n_threads(n_threads, 1)
     one_row = x.ndim == 1
     t = target if isinstance(target, da.Array) else np.asarray(target)
+    sparse = check.target_is_class_indices(t.dtype, t.shape, x.shape, 0 if one_row else 1, ignore)
     if one_row:  # (C,) is one row: view it as (1, C) and squeeze the results
         x, t = x[None], t[None]
         if reduction == "none" and with_grad and np.ndim(grad_output):
@@ -277,11 +278,7 @@ def _torch_call(input: Any, target: Any, weight: Any, ignore_index: Any, reducti
     w = check.class_weight(weight, c)
     result = _result_dtype(x.dtype)
     loss_shape = x.shape[:1] + x.shape[2:]
-    sparse = t.dtype.kind in "iu"
     if sparse:
-        if t.shape != loss_shape:
-            raise ValueError(f"target shape {t.shape} does not match input shape {x.shape}: "
-                             f"expected target of shape {loss_shape}")
         ty = _aligned(t, x.chunks[:1] + x.chunks[2:])
         denominator: Any = 1.0
         counted = None
@@ -299,16 +296,9 @@ def _torch_call(input: Any, target: Any, weight: Any, ignore_index: Any, reducti
             denominator = total(w)
             counted = total(None) if w is not None else None
         t = ty
-    elif t.dtype.kind == "f":
-        if t.shape != x.shape:
-            raise ValueError(f"target (class probabilities) shape {t.shape} does not match "
-                             f"input shape {x.shape}")
-        # probability targets: the mean is over the rows
+    else:  # probability targets: the mean is over the rows
         denominator = float(math.prod(loss_shape)) if reduction == "mean" else 1.0
         counted = None
-    else:
-        raise TypeError("target must be integer class indices or floating class probabilities; "
-                        f"got dtype {t.dtype}")
     call = _api.cross_entropy_with_grad if with_grad else _api.cross_entropy
     # per block: per-row losses (and the gradient scaled by grad_output / denominator)
     fn = _Partial(call, weight=w, ignore_index=ignore, reduction="none", label_smoothing=smoothing)
@@ -329,9 +319,9 @@ class _Partial:
         return self.fn(x, labels, **self.kwargs, **kwargs)
 
 
-def cross_entropy(input: Any, target: Any, *, weight: Any = None, ignore_index: int = -100,
-                  reduction: str = "mean", label_smoothing: float = 0.0,
-                  n_threads: int | None = None) -> da.Array:
+def cross_entropy(input: Any, target: Any, *, weight: Any = None,
+                  ignore_index: int = check.IGNORE_INDEX_DEFAULT, reduction: str = "mean",
+                  label_smoothing: float = 0.0, n_threads: int | None = None) -> da.Array:
     """``fastxent.cross_entropy`` (as ``torch.nn.functional.cross_entropy``) of a dask array
     chunked along rows (axis 0 and the axes after the class axis 1); a lazy 0-d array for
     ``mean``/``sum``, per-row losses chunked like the rows for ``none``.
@@ -346,7 +336,7 @@ def cross_entropy(input: Any, target: Any, *, weight: Any = None, ignore_index: 
 
 
 def cross_entropy_with_grad(input: Any, target: Any, *, weight: Any = None,
-                            ignore_index: int = -100, reduction: str = "mean",
+                            ignore_index: int = check.IGNORE_INDEX_DEFAULT, reduction: str = "mean",
                             label_smoothing: float = 0.0, grad_output: Any = 1.0,
                             n_threads: int | None = None) -> tuple[da.Array, da.Array]:
     """``(loss, grad)`` as ``fastxent.cross_entropy_with_grad``, lazily: ``grad`` is chunked like

@@ -16,8 +16,11 @@ it is when ``grad_output`` is 1, the usual ``loss.backward()``). Compared with P
 
 Anything fastxent does not cover goes to PyTorch's own ``F.cross_entropy``, with the same
 result: tensors on another device than the CPU, dtypes other than float32/float64 (half,
-bfloat16), sparse layouts, tensor subclasses, and a ``weight`` or probability ``target`` that
-requires grad (fastxent computes the gradient for the logits only).
+bfloat16), sparse layouts, tensor subclasses, a ``weight`` or probability ``target`` that
+requires grad (fastxent computes the gradient for the logits only), and every call with shapes
+or dtypes that PyTorch rejects, so that the error is PyTorch's own (its type and message).
+fastxent rejects more than PyTorch in three cases, with a ValueError: negative, NaN or
+infinite class weights, and a negative or NaN ``label_smoothing``.
 
 Double backward is not supported: a backward pass with ``create_graph=True`` through the loss
 raises a RuntimeError (the saved gradient is numbers, not a graph). Use ``F.cross_entropy`` for
@@ -26,6 +29,7 @@ Hessian-vector products. The kernel is registered as the custom operator
 graph break.
 """
 
+import numbers
 from typing import Any
 
 import numpy as np
@@ -39,6 +43,8 @@ from . import _validation as check
 __all__ = ["CrossEntropyLoss", "cross_entropy"]
 
 _DTYPES = (torch.float32, torch.float64)
+_PROBABILITY_DTYPES = (torch.float16, torch.float32, torch.float64)
+_INDEX_DTYPES = (torch.int64, torch.uint8)  # PyTorch's: "expected target dtype to be Long or Byte"
 # Raised eagerly, not when the second derivative is taken: a gradient without a graph would
 # otherwise drop out of a gradient penalty silently.
 _NO_DOUBLE_BACKWARD = (
@@ -63,6 +69,8 @@ def _cross_entropy_op(input: Tensor, target: Tensor, weight: Tensor | None, igno
                       with_grad: bool) -> tuple[Tensor, Tensor]:
     """``(loss, grad)`` of ``F.cross_entropy``; ``grad`` is empty unless ``with_grad``."""
     w = None if weight is None else _numpy(weight)
+    if target.is_floating_point():  # PyTorch's rule was applied: a negative one is not an error
+        ignore_index = check.IGNORE_INDEX_DEFAULT
     kwargs: dict[str, Any] = dict(weight=w, ignore_index=ignore_index, reduction=reduction,
                                   label_smoothing=label_smoothing,
                                   n_threads=torch.get_num_threads())
@@ -120,14 +128,44 @@ class _CrossEntropy(torch.autograd.Function):
         return grad * grad_output, None, None, None, None, None
 
 
+def _plain_cpu(t: Tensor) -> bool:
+    return (type(t) is torch.Tensor or type(t) is torch.nn.Parameter) and \
+        t.device.type == "cpu" and t.layout == torch.strided
+
+
 def _covered(input: Tensor, target: Tensor, weight: Tensor | None) -> bool:
-    """Whether fastxent computes this call (else PyTorch does)."""
-    def plain_cpu(t: Tensor) -> bool:
-        return (type(t) is torch.Tensor or type(t) is torch.nn.Parameter) and \
-            t.device.type == "cpu" and t.layout == torch.strided
-    return (plain_cpu(input) and input.dtype in _DTYPES and plain_cpu(target)
-            and not (target.is_floating_point() and target.requires_grad)
-            and (weight is None or (plain_cpu(weight) and not weight.requires_grad)))
+    """Whether fastxent computes this call. Every other call is PyTorch's, which computes it or
+    raises its own error: tensors fastxent does not read (another device or layout, half
+    precision logits, a target or weight that requires grad), and every call whose shapes or
+    dtypes PyTorch would reject, or read by a rule of its own (a target dtype other than int64
+    and uint8, a weight of another dtype than the input's, no classes, a (1,) target for a (C,)
+    input)."""
+    if not (_plain_cpu(input) and input.dtype in _DTYPES and _plain_cpu(target)) \
+            or input.dim() == 0:
+        return False
+    class_dim = 0 if input.dim() == 1 else 1
+    n_classes = input.shape[class_dim]
+    if n_classes == 0:
+        return False
+    if target.is_floating_point():  # (of a dtype that does not promote the loss's)
+        covered = (target.dtype in _PROBABILITY_DTYPES and target.shape == input.shape
+                   and torch.promote_types(input.dtype, target.dtype) == input.dtype
+                   and not target.requires_grad)
+    else:
+        covered = (target.dtype in _INDEX_DTYPES
+                   and target.shape == input.shape[:class_dim] + input.shape[class_dim + 1:])
+    if weight is not None:
+        covered = (covered and _plain_cpu(weight) and not weight.requires_grad
+                   and weight.dtype == input.dtype and weight.shape == (n_classes,))
+    return covered
+
+
+def _label_smoothing(value: float) -> float:
+    """PyTorch's RuntimeError above 1; below 0 (and NaN), which PyTorch reads as 0 for class
+    indices and as given for probabilities, fastxent's ValueError (see the README)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 1.0:
+        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {float(value)}")
+    return check.label_smoothing(value)
 
 
 def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
@@ -156,6 +194,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
     ignore_index = check.ignore_index(ignore_index)  # PyTorch's TypeError for a float, not the op's
     if target.is_floating_point() and ignore_index >= 0:  # PyTorch's rule, and its error
         raise RuntimeError("ignore_index is not supported for floating point target")
+    label_smoothing = _label_smoothing(label_smoothing)
     if torch.is_grad_enabled() and input.requires_grad:
         return _CrossEntropy.apply(input, target, weight, ignore_index, reduction, label_smoothing)
     loss, _ = _cross_entropy_op(input, target, weight, ignore_index, reduction, label_smoothing,
