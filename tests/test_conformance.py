@@ -189,6 +189,11 @@ def _error_cases():
     yield "1-d target for (N, C, d)", (torch.randn(2, 3, 4), torch.zeros(2, dtype=torch.long)), {}
     yield "label_smoothing inf", (x, torch.tensor([0, 1])), {"label_smoothing": float("inf")}
     yield "reduction", (x, torch.tensor([0, 1])), {"reduction": "avg"}
+    yield "reduction None", (x, torch.tensor([0, 1])), {"reduction": None}
+    yield "ignore_index beyond int64", (x, torch.tensor([0, 1])), {"ignore_index": 2**63}
+    yield "label_smoothing None", (x, torch.tensor([0, 1])), {"label_smoothing": None}
+    yield "list target", (x, [0, 1]), {}
+    yield "list weight", (x, torch.tensor([0, 1])), {"weight": [1.0, 1.0, 1.0]}
     yield "float ignore_index", (x, torch.tensor([0, 1])), {"ignore_index": 1.0}
     yield "label out of range", (x, torch.tensor([0, 3])), {}
     yield "negative label", (x, torch.tensor([0, -1])), {}
@@ -214,6 +219,10 @@ def test_calls_pytorch_reads_by_a_rule_of_its_own_give_pytorchs_value(backend):
     p = torch.softmax(torch.randn(2, 3), 1)
     for target in (p.half(), p.double(), p.bfloat16()):
         torch.testing.assert_close(fxt.cross_entropy(x, target), F.cross_entropy(x, target))
+    # a bool label_smoothing is 0 or 1 to PyTorch
+    y = torch.tensor([0, 2])
+    torch.testing.assert_close(fxt.cross_entropy(x, y, label_smoothing=True),
+                               F.cross_entropy(x, y, label_smoothing=True))
 
 
 @pytest.mark.parametrize("kwargs", [{"weight": torch.tensor([1.0, -1.0, 1.0])},

@@ -207,6 +207,15 @@ def test_argument_errors_raise_when_the_graph_is_built():
         fxd.cross_entropy(x, np.zeros(4, bool))
     with pytest.raises(ValueError, match="zero classes"):
         fxd.cross_entropy(da.zeros((4, 0)), np.zeros(4, int))
+    # the in-memory rules of what a target is (_validation.target_is_class_indices)
+    with pytest.raises(TypeError, match="class probabilities must be floating"):
+        fxd.cross_entropy(x, np.zeros((4, 3), int))
+    with pytest.raises(TypeError, match="class indices must be integers"):
+        fxd.cross_entropy(x, da.zeros(4, chunks=2))
+    for ignore_index in (-100, 1):
+        with pytest.raises(ValueError, match="ignore_index is not supported with class probab"):
+            fxd.cross_entropy_with_grad(x, np.full((4, 3), 1 / 3), ignore_index=ignore_index)
+    fxd.cross_entropy(x, np.full((4, 3), 1 / 3))  # the default ignore_index is no argument
     for call in (lambda **kw: fxd.cross_entropy(x, np.zeros(4, int), **kw),
                  lambda **kw: fxd.sparse_softmax_cross_entropy_with_logits(np.zeros(4, int), x, **kw),
                  lambda **kw: fxd.softmax_cross_entropy_with_logits_and_grad(x, x, **kw),

@@ -161,9 +161,11 @@ def _covered(input: Tensor, target: Tensor, weight: Tensor | None) -> bool:
 
 
 def _label_smoothing(value: float) -> float:
-    """PyTorch's RuntimeError above 1; below 0 (and NaN), which PyTorch reads as 0 for class
-    indices and as given for probabilities, fastxent's ValueError (see the README)."""
-    if isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 1.0:
+    """PyTorch's reading: a bool is 0 or 1, above 1 is its RuntimeError; below 0 (and NaN),
+    which PyTorch reads as 0 for class indices, is fastxent's ValueError (see the README)."""
+    if isinstance(value, (bool, np.bool_)):
+        value = float(value)
+    if isinstance(value, numbers.Real) and value > 1.0:
         raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {float(value)}")
     return check.label_smoothing(value)
 
@@ -195,6 +197,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
     if target.is_floating_point() and ignore_index >= 0:  # PyTorch's rule, and its error
         raise RuntimeError("ignore_index is not supported for floating point target")
     label_smoothing = _label_smoothing(label_smoothing)
+    reduction = check.reduction(reduction)  # PyTorch's ValueError, not the operator's schema error
     if torch.is_grad_enabled() and input.requires_grad:
         return _CrossEntropy.apply(input, target, weight, ignore_index, reduction, label_smoothing)
     loss, _ = _cross_entropy_op(input, target, weight, ignore_index, reduction, label_smoothing,
