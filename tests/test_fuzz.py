@@ -5,7 +5,7 @@ bool) in any layout (C, Fortran, strided, negative strides, read-only, non-nativ
 misaligned), with extreme values mixed in (the largest finite values, +-inf, NaN, denormals,
 -0), labels of any integer width in and out of range, ``ignore_index`` anywhere, extreme weights
 and every option. The call must either raise the documented exception or return the documented
-result, which is computed here independently (NumPy, float64, the formulas of NUMERICS.md and the
+result, which is computed here independently (NumPy, float64, the formulas of docs/numerics.md and the
 README's "Non-finite input" table), with NaN and inf in exactly the documented places; and the
 inputs must be unchanged. Runs on both backends. ``FASTXENT_FUZZ_EXAMPLES`` sets the examples
 per test (default 150); ``pytest --hypothesis-show-statistics`` counts them.
@@ -136,7 +136,7 @@ def assert_unchanged(inputs, before):
 
 
 # ------------------------------------------------------------------------------------------
-# The independent reference: float64 NumPy, following NUMERICS.md and the README table
+# The independent reference: float64 NumPy, following docs/numerics.md and the README table
 # ------------------------------------------------------------------------------------------
 
 def reference_rows(x, q, ignored, sparse_w_label=None, label_d=None):

@@ -1,4 +1,4 @@
-"""PyTorch's cross_entropy semantics (NUMERICS.md) written out plainly in long double, so that the
+"""PyTorch's cross_entropy semantics (docs/numerics.md) written out plainly in long double, so that the
 argument matrix is checked without PyTorch installed; and CrossEntropyLoss equals the functions."""
 
 import inspect
@@ -17,7 +17,7 @@ REDUCTIONS = ["mean", "sum", "none"]
 
 def reference_cross_entropy(x, target, weight=None, ignore_index=-100, reduction="mean",
                             label_smoothing=0.0, grad_output=1.0):
-    """(loss, gradient of grad_output * loss) by the formulas of NUMERICS.md, in long double."""
+    """(loss, gradient of grad_output * loss) by the formulas of docs/numerics.md, in long double."""
     x = np.asarray(x, dtype=np.longdouble)
     one_d = x.ndim == 1
     if one_d:

@@ -11,7 +11,7 @@ Kernels write into buffers they are given, never allocate per row, never validat
 raise: the API layer (``_api.py``) checks arguments, allocates outputs and turns the counts these
 kernels return into exceptions. ``_kernels_py.py`` mirrors every function here in NumPy.
 
-Numerics (see NUMERICS.md): per row, ``m = max x`` (NaN ignored), then
+Numerics (docs/numerics.md): per row, ``m = max x`` (NaN ignored), then
 ``s_rest = sum_c exp(x_c - m) - 1`` summed *without* the one term ``exp(0) = 1`` of the maximum,
 so that ``log s = log1p(s_rest)`` keeps tiny losses. Everything is accumulated in double, also
 for float32 input. A row whose maximum is not finite (all -inf, or a +inf) is NaN.
