@@ -874,14 +874,19 @@ cdef void _dense_tile(const floating* x, Py_ssize_t rs, Py_ssize_t cs, int rows,
                 g[i * grs + c * gcs] = <floating>(g[i * grs + c * gcs] - coef[i] * q)
             arg_max = c if x[i * rs + c * cs] == m[i] else arg_max
         loss[i * loss_s] = mass[i] * log_s[i] - dot
-        if g != NULL and arg_max >= 0 and rest_frac < 0.5:
-            # the maximum's entry again, Note [dense maximum entry] (with tied maxima
-            # s_rest >= 1: the plain entry of the buffer stays)
+        if g != NULL and arg_max >= 0:
+            # the maximum's entry again, in double from the row's statistics (the buffer's
+            # softmax is rounded to the data's type): Note [dense maximum entry] (one of tied
+            # maxima is enough: with ties p <= 1/2, nothing cancels)
             q = keep * t[i * trs + arg_max * tcs] + spread
             if weight != NULL:
                 q = q * weight[arg_max]
-            g[i * grs + arg_max * gcs] = <floating>(coef[i] * ((mass[i] - q)
-                                                               - mass[i] * rest_frac))
+            if rest_frac < 0.5:
+                g[i * grs + arg_max * gcs] = <floating>(coef[i] * ((mass[i] - q)
+                                                                   - mass[i] * rest_frac))
+            else:
+                g[i * grs + arg_max * gcs] = <floating>(
+                    coef[i] * mass[i] * (1.0 / (1.0 + s_rest[i])) - coef[i] * q)
 
 
 cdef void _dense_tiles(const floating[:, :, :] x, const floating[:, :, :] labels,
