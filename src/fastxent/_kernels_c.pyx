@@ -11,6 +11,10 @@ Kernels write into buffers they are given, never allocate per row, never validat
 raise: the API layer (``_api.py``) checks arguments, allocates outputs and turns the counts these
 kernels return into exceptions. ``_kernels_py.py`` mirrors every function here in NumPy.
 
+This module unpacks arguments, runs the ``prange`` loops over rows (or tiles of rows), chooses
+the tile or the row path and the float type; the numeric work of a row or a tile is C
+(``_rows_template.h``, one function per job).
+
 Numerics (docs/numerics.md): per row, ``m = max x`` (NaN ignored), then
 ``s_rest = sum_c exp(x_c - m) - 1`` summed *without* the one term ``exp(0) = 1`` of the maximum,
 so that ``log s = log1p(s_rest)`` keeps tiny losses. Everything is accumulated in double, also
@@ -40,64 +44,75 @@ cdef extern from *:
     int omp_get_max_threads() noexcept nogil
 
 cdef extern from "_rows.h" nogil:
-    # Contiguous-row loops in C: vectorised, with AVX2 / AVX-512 clones chosen at run time.
-    double fx_exp_shifted_f32(float x, double m)
-    double fx_exp_shifted_f64(double x, double m)
-    double fx_exp_neg_f64(double d, double lo)
-    double fx_row_max_f32(const float* x, Py_ssize_t n)
-    double fx_row_max_f64(const double* x, Py_ssize_t n)
-    double fx_row_exp_sum_f32(const float* x, Py_ssize_t n, double m, float* e)
-    double fx_row_exp_sum_f64(const double* x, Py_ssize_t n, double m, double* e)
-    double fx_strided_exp_sum_f32(const float* x, Py_ssize_t n, Py_ssize_t xs, double m, float* e,
-                                  Py_ssize_t es)
-    double fx_strided_exp_sum_f64(const double* x, Py_ssize_t n, Py_ssize_t xs, double m,
-                                  double* e, Py_ssize_t es)
-    void fx_row_scale_f32(float* g, Py_ssize_t n, double factor)
-    void fx_row_scale_f64(double* g, Py_ssize_t n, double factor)
-    double fx_row_weighted_shift_sum_f32(const float* x, Py_ssize_t n, double m, const double* w,
-                                         double k)
-    double fx_row_weighted_shift_sum_f64(const double* x, Py_ssize_t n, double m, const double* w,
-                                         double k)
-    void fx_row_smooth_grad_f32(float* g, Py_ssize_t n, double coef_a, double coef_k, const double* w)
-    void fx_row_smooth_grad_f64(double* g, Py_ssize_t n, double coef_a, double coef_k, const double* w)
-    double fx_row_dense_dot_f32(const float* x, const float* t, Py_ssize_t n, double m, double keep,
-                                double spread, const double* w, double* mass)
-    double fx_strided_dense_dot_f32(const float* x, Py_ssize_t xs, const float* t, Py_ssize_t ts,
-                                    Py_ssize_t n, double m, double keep, double spread,
-                                    const double* w, double* mass)
-    double fx_strided_dense_dot_f64(const double* x, Py_ssize_t xs, const double* t, Py_ssize_t ts,
-                                    Py_ssize_t n, double m, double keep, double spread,
-                                    const double* w, double* mass)
-    double fx_row_dense_dot_f64(const double* x, const double* t, Py_ssize_t n, double m, double keep,
-                                double spread, const double* w, double* mass)
-    void fx_row_dense_grad_f32(float* g, const float* t, Py_ssize_t n, double a, double b, double keep,
-                               double spread, const double* w, double p, double s_rest, double inv_s)
-    void fx_row_dense_grad_f64(double* g, const double* t, Py_ssize_t n, double a, double b, double keep,
-                               double spread, const double* w, double p, double s_rest, double inv_s)
-    double fx_dense_grad_one_f64(double e, double q, double a, double b, double p,
-                                 double rest_frac)
-    # Logit softcap on contiguous rows (the z-loss/softcap section at the end).
-    double fx_cap_one_f32(double x, double s, double* slope)
-    double fx_cap_one_f64(double x, double s, double* slope)
-    double fx_exp_capped_f32(double v, double m)
-    double fx_exp_capped_f64(double v, double m)
-    double fx_row_cap_exp_sum_f32(const float* x, Py_ssize_t n, double s, double m_raw, double* m_out)
-    double fx_row_cap_exp_sum_f64(const double* x, Py_ssize_t n, double s, double m_raw, double* m_out)
-    void fx_row_cap_grad_f32(const float* x, float* g, Py_ssize_t n, double s, double m, double a,
-                             double b, const float* t, double keep, double spread, const double* w)
-    void fx_row_cap_grad_f64(const double* x, double* g, Py_ssize_t n, double s, double m, double a,
-                             double b, const double* t, double keep, double spread, const double* w)
-    # Tiles of FX_TILE rows with at most FX_TILE_MAX_C classes, vectorised across the rows.
-    enum: FX_TILE
-    enum: FX_TILE_MAX_C
-    void fx_tile_stats_f32(const float* x, Py_ssize_t rs, Py_ssize_t cs, int rows, Py_ssize_t n_classes,
-                           float* g, Py_ssize_t grs, Py_ssize_t gcs, const double* coef,
-                           const double* zcoef, double* m_out, double* s_rest_out,
-                           double* log_s_out)
-    void fx_tile_stats_f64(const double* x, Py_ssize_t rs, Py_ssize_t cs, int rows, Py_ssize_t n_classes,
-                           double* g, Py_ssize_t grs, Py_ssize_t gcs, const double* coef,
-                           const double* zcoef, double* m_out, double* s_rest_out,
-                           double* log_s_out)
+    enum: FX_TILE          # rows of a tile
+    enum: FX_TILE_MAX_C    # classes a tile can hold
+    enum: FX_IGNORED       # a tile's class index of an ignored label
+    enum: FX_BAD_LABEL     # ... and of a label outside [0, C)
+    double fx_logsumexp_row_f32(const float* x, Py_ssize_t n, Py_ssize_t xs)
+    double fx_logsumexp_row_f64(const double* x, Py_ssize_t n, Py_ssize_t xs)
+    void fx_logsumexp_tile_f32(const float* x, Py_ssize_t rs, Py_ssize_t cs, int rows,
+                               Py_ssize_t n, float* out, Py_ssize_t os)
+    void fx_logsumexp_tile_f64(const double* x, Py_ssize_t rs, Py_ssize_t cs, int rows,
+                               Py_ssize_t n, double* out, Py_ssize_t os)
+    void fx_softmax_row_f32(const float* x, Py_ssize_t n, Py_ssize_t xs, float* out,
+                            Py_ssize_t os, int log_output)
+    void fx_softmax_row_f64(const double* x, Py_ssize_t n, Py_ssize_t xs, double* out,
+                            Py_ssize_t os, int log_output)
+    void fx_softmax_tile_f32(const float* x, Py_ssize_t rs, Py_ssize_t cs, int rows, Py_ssize_t n,
+                             float* out, Py_ssize_t ors, Py_ssize_t ocs, int log_output)
+    void fx_softmax_tile_f64(const double* x, Py_ssize_t rs, Py_ssize_t cs, int rows,
+                             Py_ssize_t n, double* out, Py_ssize_t ors, Py_ssize_t ocs,
+                             int log_output)
+    void fx_sparse_row_f32(const float* x, Py_ssize_t n, Py_ssize_t xs, Py_ssize_t y,
+                           const double* weight, double weight_sum, double smoothing,
+                           double* loss, float* g, Py_ssize_t gs, double grad_coef,
+                           double z_loss)
+    void fx_sparse_row_f64(const double* x, Py_ssize_t n, Py_ssize_t xs, Py_ssize_t y,
+                           const double* weight, double weight_sum, double smoothing,
+                           double* loss, double* g, Py_ssize_t gs, double grad_coef,
+                           double z_loss)
+    void fx_sparse_row_capped_f32(const float* x, Py_ssize_t n, Py_ssize_t xs, Py_ssize_t y,
+                                  const double* weight, double weight_sum, double smoothing,
+                                  double z_loss, double softcap, double* loss, float* g,
+                                  Py_ssize_t gs, double grad_coef)
+    void fx_sparse_row_capped_f64(const double* x, Py_ssize_t n, Py_ssize_t xs, Py_ssize_t y,
+                                  const double* weight, double weight_sum, double smoothing,
+                                  double z_loss, double softcap, double* loss, double* g,
+                                  Py_ssize_t gs, double grad_coef)
+    void fx_sparse_tile_f32(const float* x, Py_ssize_t rs, Py_ssize_t cs, int rows, Py_ssize_t n,
+                            const Py_ssize_t* y, const double* weight, double* loss,
+                            Py_ssize_t loss_s, float* g, Py_ssize_t grs, Py_ssize_t gcs,
+                            double grad_scale, const double* grad_rows, Py_ssize_t grad_rows_s,
+                            double z_loss)
+    void fx_sparse_tile_f64(const double* x, Py_ssize_t rs, Py_ssize_t cs, int rows,
+                            Py_ssize_t n, const Py_ssize_t* y, const double* weight,
+                            double* loss, Py_ssize_t loss_s, double* g, Py_ssize_t grs,
+                            Py_ssize_t gcs, double grad_scale, const double* grad_rows,
+                            Py_ssize_t grad_rows_s, double z_loss)
+    void fx_dense_row_f32(const float* x, Py_ssize_t n, Py_ssize_t xs, const float* t,
+                          Py_ssize_t ts, const double* weight, double smoothing, double* loss,
+                          float* g, Py_ssize_t gs, double grad_coef, double z_loss)
+    void fx_dense_row_f64(const double* x, Py_ssize_t n, Py_ssize_t xs, const double* t,
+                          Py_ssize_t ts, const double* weight, double smoothing, double* loss,
+                          double* g, Py_ssize_t gs, double grad_coef, double z_loss)
+    void fx_dense_row_capped_f32(const float* x, Py_ssize_t n, Py_ssize_t xs, const float* t,
+                                 Py_ssize_t ts, const double* weight, double smoothing,
+                                 double z_loss, double softcap, double* loss, float* g,
+                                 Py_ssize_t gs, double grad_coef)
+    void fx_dense_row_capped_f64(const double* x, Py_ssize_t n, Py_ssize_t xs, const double* t,
+                                 Py_ssize_t ts, const double* weight, double smoothing,
+                                 double z_loss, double softcap, double* loss, double* g,
+                                 Py_ssize_t gs, double grad_coef)
+    void fx_dense_tile_f32(const float* x, Py_ssize_t rs, Py_ssize_t cs, int rows, Py_ssize_t n,
+                           const float* t, Py_ssize_t trs, Py_ssize_t tcs, const double* weight,
+                           double smoothing, double* loss, Py_ssize_t loss_s, float* g,
+                           Py_ssize_t grs, Py_ssize_t gcs, double grad_scale,
+                           const double* grad_rows, Py_ssize_t grad_rows_s)
+    void fx_dense_tile_f64(const double* x, Py_ssize_t rs, Py_ssize_t cs, int rows,
+                           Py_ssize_t n, const double* t, Py_ssize_t trs, Py_ssize_t tcs,
+                           const double* weight, double smoothing, double* loss,
+                           Py_ssize_t loss_s, double* g, Py_ssize_t grs, Py_ssize_t gcs,
+                           double grad_scale, const double* grad_rows, Py_ssize_t grad_rows_s)
 
 openmp_enabled = bool(FASTXENT_OPENMP)
 
@@ -117,10 +132,6 @@ cdef Py_ssize_t MIN_ELEMENTS_PER_THREAD = 32768
 # partial sums has the same bits for every thread count.
 cdef Py_ssize_t LABEL_BLOCK = 4096
 
-cdef enum:
-    IGNORED = -1
-    BAD_LABEL = -2
-
 
 def max_threads():
     """The number of threads OpenMP would use now (1 without OpenMP)."""
@@ -138,95 +149,50 @@ cdef inline int _threads_for(int n_threads, Py_ssize_t n_rows, Py_ssize_t n_clas
 
 
 # --------------------------------------------------------------------------------------------
-# Scalar helpers: one per formula, shared by every kernel.
+# Views: rows, tiles and strides
 # --------------------------------------------------------------------------------------------
 
-cdef inline double _exp_shifted(floating x, double m) noexcept nogil:
-    """exp(x - m) for x <= m: the polynomial of the contiguous C loops, subtraction made exact."""
-    if floating is float:
-        return fx_exp_shifted_f32(x, m)
-    else:
-        return fx_exp_shifted_f64(x, m)
+cdef struct Strides:
+    # element strides of an (A, C, B) view: sa between values of a, sc between classes (the
+    # class stride of a row), sb between values of b
+    Py_ssize_t sa, sc, sb
 
 
-cdef inline double _row_max(const floating* x, Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
-    """max_c x_c ignoring NaN; -inf for a row of -inf or NaN only."""
-    cdef floating m = -INFINITY
-    cdef floating v
-    cdef Py_ssize_t c
-    if stride == 1:
-        if floating is float:
-            return fx_row_max_f32(x, n)
-        else:
-            return fx_row_max_f64(x, n)
-    for c in range(n):
-        v = x[c * stride]
-        m = v if v > m else m
-    return m
+cdef inline Strides _strides3(Py_ssize_t* byte_strides, Py_ssize_t itemsize) noexcept nogil:
+    cdef Strides s
+    s.sa = byte_strides[0] // itemsize
+    s.sc = byte_strides[1] // itemsize
+    s.sb = byte_strides[2] // itemsize
+    return s
 
 
-cdef inline double _row_sum_rest(const floating* x, Py_ssize_t n, Py_ssize_t stride, double m,
-                                 floating* e_out, Py_ssize_t e_stride) noexcept nogil:
-    """sum_c exp(x_c - m) - 1, without ever adding the 1 of the maximum.
-
-    The terms equal to exp(0) are counted instead of summed, so the small terms are not absorbed
-    by a 1. When ``e_out`` is not NULL, exp(x_c - m) is stored there (the gradient buffer: exp is
-    computed once per element). ``e_out`` may be ``x`` itself (in-place): each element is read
-    before it is written.
-    """
-    if stride == 1 and (e_out == NULL or e_stride == 1):
-        if floating is float:
-            return fx_row_exp_sum_f32(x, n, m, e_out)
-        else:
-            return fx_row_exp_sum_f64(x, n, m, e_out)
-    if floating is float:  # the same summation order, element by element
-        return fx_strided_exp_sum_f32(x, n, stride, m, e_out, e_stride)
-    else:
-        return fx_strided_exp_sum_f64(x, n, stride, m, e_out, e_stride)
+cdef inline Strides _no_strides() noexcept nogil:
+    """The strides of an absent array (never read)."""
+    cdef Strides s
+    s.sa = 0
+    s.sc = 0
+    s.sb = 0
+    return s
 
 
-cdef inline Py_ssize_t _class_index(label_t label, Py_ssize_t n_classes, int64_t ignore_index,
-                                    bint has_ignore) noexcept nogil:
-    """The class index of a label, IGNORED, or BAD_LABEL (negative or >= n_classes)."""
-    cdef int64_t i
-    if label_t is uint64_t:
-        if label > <uint64_t>INT64_MAX:
-            return BAD_LABEL
-    i = <int64_t>label
-    if has_ignore and i == ignore_index:
-        return IGNORED
-    if i < 0 or i >= n_classes:
-        return BAD_LABEL
-    return <Py_ssize_t>i
+cdef inline Strides _strides2(Py_ssize_t* byte_strides, Py_ssize_t itemsize) noexcept nogil:
+    """The strides of an (A, B) per-row array (no class axis: sc = 0)."""
+    cdef Strides s
+    s.sa = byte_strides[0] // itemsize
+    s.sc = 0
+    s.sb = byte_strides[1] // itemsize
+    return s
 
 
-cdef inline (Py_ssize_t, Py_ssize_t) _row_position(Py_ssize_t r, Py_ssize_t B) noexcept nogil:
-    """(a, b) of row r in an (A, C, B) view; B == 1 (classes last) needs no division."""
+cdef inline Py_ssize_t _row_offset(Strides s, Py_ssize_t r, Py_ssize_t B) noexcept nogil:
+    """The offset of row r (position (a, b) = divmod(r, B)) in a view of strides s."""
     if B == 1:
-        return r, 0
-    return r // B, r % B
-
-
-cdef inline void _fill_row(floating* g, Py_ssize_t n, Py_ssize_t stride, double value) noexcept nogil:
-    cdef Py_ssize_t c
-    for c in range(n):
-        g[c * stride] = <floating>value
-
-
-cdef inline void _scale_row(floating* g, Py_ssize_t n, Py_ssize_t stride, double factor) noexcept nogil:
-    cdef Py_ssize_t c
-    if stride == 1:
-        if floating is float:
-            fx_row_scale_f32(g, n, factor)
-        else:
-            fx_row_scale_f64(g, n, factor)
-        return
-    for c in range(n):
-        g[c * stride] = <floating>(g[c * stride] * factor)
+        return r * s.sa
+    return (r // B) * s.sa + (r % B) * s.sb
 
 
 cdef inline bint _use_tiles(Py_ssize_t n_classes) noexcept nogil:
-    """Few classes: vectorise across rows (fx_tile_stats) rather than along a row."""
+    """Few classes: vectorise across rows (the C tiles) rather than along a row."""
     return n_classes <= FX_TILE_MAX_C
 
 
@@ -238,48 +204,31 @@ cdef inline Py_ssize_t _n_tiles(Py_ssize_t A, Py_ssize_t B) noexcept nogil:
     return A * ((B + FX_TILE - 1) // FX_TILE)
 
 
-cdef inline (Py_ssize_t, Py_ssize_t, int) _tile_start(Py_ssize_t t, Py_ssize_t A,
-                                                       Py_ssize_t B) noexcept nogil:
-    """(a, b, number of rows) of tile t; its rows step along axis 0 if B == 1, else axis 2."""
-    cdef Py_ssize_t per_line
+cdef inline (Py_ssize_t, int) _tile_start(Py_ssize_t t, Py_ssize_t A, Py_ssize_t B) noexcept nogil:
+    """(first row, number of rows) of tile t; its rows step along axis 0 if B == 1, else axis 2."""
+    cdef Py_ssize_t per_line, b
     if B == 1:
-        return t * FX_TILE, 0, <int>min(<Py_ssize_t>FX_TILE, A - t * FX_TILE)
+        return t * FX_TILE, <int>min(<Py_ssize_t>FX_TILE, A - t * FX_TILE)
     per_line = (B + FX_TILE - 1) // FX_TILE
-    return t // per_line, (t % per_line) * FX_TILE, <int>min(<Py_ssize_t>FX_TILE, B - (t % per_line) * FX_TILE)
+    b = (t % per_line) * FX_TILE
+    return (t // per_line) * B + b, <int>min(<Py_ssize_t>FX_TILE, B - b)
 
 
-cdef inline void _tile_stats(const floating* x, Py_ssize_t rs, Py_ssize_t cs, int rows,
-                             Py_ssize_t n, floating* g, Py_ssize_t grs, Py_ssize_t gcs,
-                             const double* coef, double* m, double* s_rest,
-                             double* log_s, const double* zcoef=NULL) noexcept nogil:
-    if floating is float:
-        fx_tile_stats_f32(x, rs, cs, rows, n, g, grs, gcs, coef, zcoef, m, s_rest, log_s)
-    else:
-        fx_tile_stats_f64(x, rs, cs, rows, n, g, grs, gcs, coef, zcoef, m, s_rest, log_s)
+cdef inline Py_ssize_t _tile_row_step(Strides s, Py_ssize_t B) noexcept nogil:
+    """The stride between the rows of a tile."""
+    return s.sa if B == 1 else s.sb
 
 
 # --------------------------------------------------------------------------------------------
 # Normalisers
 # --------------------------------------------------------------------------------------------
 
-cdef inline double _row_logsumexp(const floating* x, Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
-    cdef double m = _row_max(x, n, stride)
-    cdef Py_ssize_t c
-    if m == INFINITY or m == -INFINITY:
-        # All -inf gives -inf and a +inf gives +inf (as scipy and torch), unless a NaN is there.
-        for c in range(n):
-            if isnan(x[c * stride]):
-                return NAN
-        return m
-    return m + log1p(_row_sum_rest(x, n, stride, m, <floating*>NULL, 0))
-
-
 def logsumexp(const floating[:, :, :] x, floating[:, :] out, int n_threads):
     """out[a, b] = log sum_c exp(x[a, c, b])."""
-    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], r, a, b
-    cdef Py_ssize_t xs0 = x.strides[0] // sizeof(floating), xs1 = x.strides[1] // sizeof(floating)
-    cdef Py_ssize_t xs2 = x.strides[2] // sizeof(floating)
-    cdef Py_ssize_t os0 = out.strides[0] // sizeof(floating), os1 = out.strides[1] // sizeof(floating)
+    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], r, first
+    cdef Strides xs = _strides3(x.strides, sizeof(floating))
+    cdef Strides os = _strides2(out.strides, sizeof(floating))
+    cdef int rows
     cdef const floating* xp
     cdef floating* op
     if A * B == 0:
@@ -289,60 +238,32 @@ def logsumexp(const floating[:, :, :] x, floating[:, :] out, int n_threads):
     if _use_tiles(C):
         for r in prange(_n_tiles(A, B), nogil=True, schedule="static",
                         num_threads=_threads_for(n_threads, A * B, C)):
-            _logsumexp_tile(x, out, r)
+            first, rows = _tile_start(r, A, B)
+            if floating is float:
+                fx_logsumexp_tile_f32(xp + _row_offset(xs, first, B), _tile_row_step(xs, B),
+                                      xs.sc, rows, C, op + _row_offset(os, first, B),
+                                      _tile_row_step(os, B))
+            else:
+                fx_logsumexp_tile_f64(xp + _row_offset(xs, first, B), _tile_row_step(xs, B),
+                                      xs.sc, rows, C, op + _row_offset(os, first, B),
+                                      _tile_row_step(os, B))
         return
     for r in prange(A * B, nogil=True, schedule="static",
                     num_threads=_threads_for(n_threads, A * B, C)):
-        a, b = _row_position(r, B)
-        op[a * os0 + b * os1] = <floating>_row_logsumexp(xp + a * xs0 + b * xs2, C, xs1)
-
-
-cdef void _logsumexp_tile(const floating[:, :, :] x, floating[:, :] out, Py_ssize_t t) noexcept nogil:
-    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], a, b
-    cdef int d = 0 if B == 1 else 2, i, rows
-    cdef Py_ssize_t rs = x.strides[d] // sizeof(floating), cs = x.strides[1] // sizeof(floating)
-    cdef Py_ssize_t os = out.strides[d // 2] // sizeof(floating)
-    cdef double m[FX_TILE]
-    cdef double s_rest[FX_TILE]
-    cdef double log_s[FX_TILE]
-    cdef const floating* xt
-    cdef floating* ot
-    a, b, rows = _tile_start(t, A, B)
-    xt = &x[a, 0, b]
-    ot = &out[a, b]
-    _tile_stats(xt, rs, cs, rows, C, <floating*>NULL, 0, 0, NULL, m, s_rest, log_s)
-    for i in range(rows):
-        if m[i] == INFINITY or m[i] == -INFINITY:
-            ot[i * os] = <floating>_row_logsumexp(xt + i * rs, C, cs)
+        if floating is float:
+            op[_row_offset(os, r, B)] = <floating>fx_logsumexp_row_f32(
+                xp + _row_offset(xs, r, B), C, xs.sc)
         else:
-            ot[i * os] = <floating>(m[i] + log_s[i])
-
-
-cdef void _softmax_row(const floating* x, Py_ssize_t n, Py_ssize_t xs, floating* out,
-                       Py_ssize_t os, bint log_output) noexcept nogil:
-    cdef double m = _row_max(x, n, xs)
-    cdef double s_rest, log_s
-    cdef Py_ssize_t c
-    if m == INFINITY or m == -INFINITY:
-        _fill_row(out, n, os, NAN)
-        return
-    if log_output:
-        # (x - m) - log s, not x - (m + log s): m + log s would round log s away near the max
-        log_s = log1p(_row_sum_rest(x, n, xs, m, <floating*>NULL, 0))
-        for c in range(n):
-            out[c * os] = <floating>((x[c * xs] - m) - log_s)
-    else:
-        s_rest = _row_sum_rest(x, n, xs, m, out, os)
-        _scale_row(out, n, os, 1.0 / (1.0 + s_rest))
+            op[_row_offset(os, r, B)] = <floating>fx_logsumexp_row_f64(
+                xp + _row_offset(xs, r, B), C, xs.sc)
 
 
 cdef void _softmax_kernel(const floating[:, :, :] x, floating[:, :, :] out, int n_threads,
                           bint log_output) noexcept nogil:
-    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], r, a, b
-    cdef Py_ssize_t xs0 = x.strides[0] // sizeof(floating), xs1 = x.strides[1] // sizeof(floating)
-    cdef Py_ssize_t xs2 = x.strides[2] // sizeof(floating)
-    cdef Py_ssize_t os0 = out.strides[0] // sizeof(floating), os1 = out.strides[1] // sizeof(floating)
-    cdef Py_ssize_t os2 = out.strides[2] // sizeof(floating)
+    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], r, first
+    cdef Strides xs = _strides3(x.strides, sizeof(floating))
+    cdef Strides os = _strides3(out.strides, sizeof(floating))
+    cdef int rows
     cdef const floating* xp
     cdef floating* op
     if A * B == 0:
@@ -352,39 +273,23 @@ cdef void _softmax_kernel(const floating[:, :, :] x, floating[:, :, :] out, int 
     if _use_tiles(C):
         for r in prange(_n_tiles(A, B), schedule="static",
                         num_threads=_threads_for(n_threads, A * B, C)):
-            _softmax_tile(x, out, r, log_output)
+            first, rows = _tile_start(r, A, B)
+            if floating is float:
+                fx_softmax_tile_f32(xp + _row_offset(xs, first, B), _tile_row_step(xs, B), xs.sc,
+                                    rows, C, op + _row_offset(os, first, B),
+                                    _tile_row_step(os, B), os.sc, log_output)
+            else:
+                fx_softmax_tile_f64(xp + _row_offset(xs, first, B), _tile_row_step(xs, B), xs.sc,
+                                    rows, C, op + _row_offset(os, first, B),
+                                    _tile_row_step(os, B), os.sc, log_output)
         return
     for r in prange(A * B, schedule="static", num_threads=_threads_for(n_threads, A * B, C)):
-        a, b = _row_position(r, B)
-        _softmax_row(xp + a * xs0 + b * xs2, C, xs1, op + a * os0 + b * os2, os1, log_output)
-
-
-cdef void _softmax_tile(const floating[:, :, :] x, floating[:, :, :] out, Py_ssize_t t,
-                        bint log_output) noexcept nogil:
-    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], a, b, c
-    cdef int d = 0 if B == 1 else 2, i, rows
-    cdef Py_ssize_t rs = x.strides[d] // sizeof(floating), cs = x.strides[1] // sizeof(floating)
-    cdef Py_ssize_t ors = out.strides[d] // sizeof(floating), ocs = out.strides[1] // sizeof(floating)
-    cdef double ones[FX_TILE]
-    cdef double m[FX_TILE]
-    cdef double s_rest[FX_TILE]
-    cdef double log_s[FX_TILE]
-    cdef const floating* xt
-    cdef floating* ot
-    a, b, rows = _tile_start(t, A, B)
-    xt = &x[a, 0, b]
-    ot = &out[a, 0, b]
-    for i in range(FX_TILE):
-        ones[i] = 1.0
-    # softmax is written by the tile itself (coef 1); log_softmax row by row from its stats.
-    _tile_stats(xt, rs, cs, rows, C, <floating*>NULL if log_output else ot, ors, ocs, ones,
-                m, s_rest, log_s)
-    for i in range(rows):
-        if m[i] == INFINITY or m[i] == -INFINITY:
-            _fill_row(ot + i * ors, C, ocs, NAN)
-        elif log_output:
-            for c in range(C):
-                ot[i * ors + c * ocs] = <floating>((xt[i * rs + c * cs] - m[i]) - log_s[i])
+        if floating is float:
+            fx_softmax_row_f32(xp + _row_offset(xs, r, B), C, xs.sc, op + _row_offset(os, r, B),
+                               os.sc, log_output)
+        else:
+            fx_softmax_row_f64(xp + _row_offset(xs, r, B), C, xs.sc, op + _row_offset(os, r, B),
+                               os.sc, log_output)
 
 
 def softmax(const floating[:, :, :] x, floating[:, :, :] out, int n_threads):
@@ -400,8 +305,23 @@ def log_softmax(const floating[:, :, :] x, floating[:, :, :] out, int n_threads)
 
 
 # --------------------------------------------------------------------------------------------
-# Sparse (integer) labels
+# Class-index labels
 # --------------------------------------------------------------------------------------------
+
+cdef inline Py_ssize_t _class_index(label_t label, Py_ssize_t n_classes, int64_t ignore_index,
+                                    bint has_ignore) noexcept nogil:
+    """The class index of a label, FX_IGNORED, or FX_BAD_LABEL (negative or >= n_classes)."""
+    cdef int64_t i
+    if label_t is uint64_t:
+        if label > <uint64_t>INT64_MAX:
+            return FX_BAD_LABEL
+    i = <int64_t>label
+    if has_ignore and i == ignore_index:
+        return FX_IGNORED
+    if i < 0 or i >= n_classes:
+        return FX_BAD_LABEL
+    return <Py_ssize_t>i
+
 
 def sparse_label_check(const label_t[:, :] labels, Py_ssize_t n_classes, int64_t ignore_index,
                        bint has_ignore, const double[::1] weight, int n_threads):
@@ -419,19 +339,23 @@ def sparse_label_check(const label_t[:, :] labels, Py_ssize_t n_classes, int64_t
     cdef bint weighted = weight is not None
     cdef double[::1] partial = np.zeros(max(n_blocks, 1), dtype=np.float64)
     cdef double[::1] partial_c = np.zeros(max(n_blocks, 1), dtype=np.float64)
-    cdef Py_ssize_t n_bad = 0, blk, r, r_end, y, a, b
+    cdef Py_ssize_t n_bad = 0, blk, r, r_end, y
     cdef double block_total, block_c, total = 0.0, total_c = 0.0
+    cdef Strides ls = _strides2(labels.strides, sizeof(label_t))
+    cdef const label_t* lp
+    if n_rows == 0:
+        return 0, 0.0
+    lp = &labels[0, 0]
     for blk in prange(n_blocks, nogil=True, schedule="static",
                       num_threads=_threads_for(n_threads, n_rows, 8)):
         block_total = 0.0
         block_c = 0.0
         r_end = min((blk + 1) * LABEL_BLOCK, n_rows)
         for r in range(blk * LABEL_BLOCK, r_end):
-            a, b = _row_position(r, B)
-            y = _class_index(labels[a, b], n_classes, ignore_index, has_ignore)
-            if y == BAD_LABEL:
+            y = _class_index(lp[_row_offset(ls, r, B)], n_classes, ignore_index, has_ignore)
+            if y == FX_BAD_LABEL:
                 n_bad += 1
-            elif y != IGNORED:
+            elif y != FX_IGNORED:
                 if weighted:
                     _add_compensated(&block_total, &block_c, weight[y])
                 else:
@@ -455,167 +379,10 @@ cdef inline void _add_compensated(double* total, double* c, double v) noexcept n
     total[0] = t
 
 
-cdef void _sparse_row(const floating* x, Py_ssize_t n, Py_ssize_t xs, Py_ssize_t y,
-                      const double* weight, double weight_sum, double smoothing,
-                      double* loss, floating* g, Py_ssize_t gs, double grad_coef,
-                      double z_loss) noexcept nogil:
-    """Loss and gradient of one row with class index y (already checked to be in range).
-
-    loss = (1 - eps) w_y (lse - x_y) + (eps / C) sum_c w_c (lse - x_c) [+ z_loss lse^2]
-    grad = grad_coef * d loss / d x; ``g`` is NULL for the loss alone, and may alias ``x``.
-    The z-loss term (gradient 2 z lse p) only changes coefficients, and only when z_loss != 0:
-    with z_loss == 0 every operation is the one of the plain path.
-    """
-    cdef double m = _row_max(x, n, xs)
-    cdef floating x_y = x[y * xs]  # read now: the gradient may overwrite x (in place)
-    cdef double w_y = weight[y] if weight != NULL else 1.0
-    cdef double s_rest, log_s, inv_s, nll, p_y, p_y_minus_1, smooth_dot = 0.0
-    cdef double a_coef, k_coef, w_c, lse, z_coef = 0.0
+cdef inline void _fill_row(floating* g, Py_ssize_t n, Py_ssize_t stride, double value) noexcept nogil:
     cdef Py_ssize_t c
-    if m == INFINITY or m == -INFINITY:
-        loss[0] = NAN
-        if g != NULL:
-            _fill_row(g, n, gs, NAN)
-        return
-    if smoothing != 0.0:
-        # (eps / C) sum_c w_c (x_c - m) / 2, term by term (see fx_row_weighted_shift_sum), read
-        # before the gradient buffer (possibly x itself) is written.
-        if xs == 1:
-            if floating is float:
-                smooth_dot = fx_row_weighted_shift_sum_f32(x, n, m, weight, smoothing / n)
-            else:
-                smooth_dot = fx_row_weighted_shift_sum_f64(x, n, m, weight, smoothing / n)
-        else:
-            for c in range(n):
-                w_c = weight[c] if weight != NULL else 1.0
-                if w_c != 0.0:
-                    smooth_dot += ((smoothing / n) * w_c) * (0.5 * x[c * xs] - 0.5 * m)
-    s_rest = _row_sum_rest(x, n, xs, m, g, gs)
-    log_s = log1p(s_rest)
-    nll = log_s - (x_y - m)
-    if smoothing != 0.0:
-        # the label's term is left out when its factor is 0, unless the label's logit is -inf
-        # (0 * inf: NaN, as PyTorch): an nll that overflowed from finite logits counts nothing
-        if (1.0 - smoothing) * w_y != 0.0 or x_y == -INFINITY:
-            loss[0] = (1.0 - smoothing) * w_y * nll
-        else:
-            loss[0] = 0.0
-        loss[0] += (smoothing / n) * weight_sum * log_s - 2.0 * smooth_dot
-    else:
-        loss[0] = w_y * nll
-    if z_loss != 0.0:
-        lse = m + log_s
-        loss[0] += z_loss * lse * lse
-        z_coef = 2.0 * z_loss * lse  # d(z lse^2)/dx_c = z_coef p_c
-    if g == NULL:
-        return
-    inv_s = 1.0 / (1.0 + s_rest)
-    # p_y - 1 without cancellation: when x_y is the maximum, exp(x_y - m) = 1 and
-    # p_y - 1 = -s_rest / s exactly; otherwise p_y <= 1/2 and the buffer's exp(x_y - m) is ample.
-    if x_y == m:
-        p_y = inv_s
-        p_y_minus_1 = -s_rest * inv_s
-    else:
-        p_y = g[y * gs] * inv_s
-        p_y_minus_1 = p_y - 1.0
-    # g_c = coef * (A p_c - k w_c) for c != y, with A = (1 - eps) w_y + (eps / C) W, k = eps / C
-    k_coef = smoothing / n
-    a_coef = (1.0 - smoothing) * w_y + k_coef * weight_sum
-    if z_loss != 0.0:
-        a_coef = a_coef + z_coef
-    if smoothing == 0.0:
-        _scale_row(g, n, gs, grad_coef * (w_y + z_coef if z_loss != 0.0 else w_y) * inv_s)
-    elif gs == 1:
-        if floating is float:
-            fx_row_smooth_grad_f32(g, n, grad_coef * a_coef * inv_s, grad_coef * k_coef, weight)
-        else:
-            fx_row_smooth_grad_f64(g, n, grad_coef * a_coef * inv_s, grad_coef * k_coef, weight)
-    else:
-        for c in range(n):
-            w_c = weight[c] if weight != NULL else 1.0
-            g[c * gs] = <floating>(grad_coef * (a_coef * (g[c * gs] * inv_s) - k_coef * w_c))
-    if z_loss != 0.0:
-        g[y * gs] = <floating>(grad_coef * ((1.0 - smoothing) * w_y * p_y_minus_1
-                                            + k_coef * (weight_sum * p_y - w_y) + z_coef * p_y))
-    elif smoothing != 0.0:
-        g[y * gs] = <floating>(grad_coef * ((1.0 - smoothing) * w_y * p_y_minus_1
-                                            + k_coef * (weight_sum * p_y - w_y)))
-    else:  # not 0 * (W p_y - w_y): W, the sum of the weights, may overflow where w_y does not
-        g[y * gs] = <floating>(grad_coef * (w_y * p_y_minus_1))
-
-
-cdef Py_ssize_t _sparse_tile(const floating* x, Py_ssize_t rs, Py_ssize_t cs, int rows,
-                             Py_ssize_t n, const label_t* labels, Py_ssize_t ls,
-                             int64_t ignore_index, bint has_ignore, const double* weight,
-                             double* loss, Py_ssize_t loss_s, floating* g, Py_ssize_t grs,
-                             Py_ssize_t gcs, double grad_scale, const double* grad_rows,
-                             Py_ssize_t grad_rows_s, double z_loss) noexcept nogil:
-    """Loss (and gradient) of up to FX_TILE rows at stride ``rs`` (class stride ``cs``), without
-    label smoothing: the statistics and the softmax are vectorised across the rows by
-    fx_tile_stats, only the label's class is done per row. Returns the number of bad labels.
-    z_loss != 0 adds z lse^2 to each counted row, and 2 z lse p (times the row's coefficient
-    without its class weight: zcoef) to its gradient."""
-    cdef double coef[FX_TILE]
-    cdef double zcoef[FX_TILE]
-    cdef double lse, p_y
-    cdef double m[FX_TILE]
-    cdef double s_rest[FX_TILE]
-    cdef double log_s[FX_TILE]
-    cdef double w_y[FX_TILE]
-    cdef floating x_y[FX_TILE]
-    cdef Py_ssize_t y[FX_TILE]
-    cdef Py_ssize_t n_bad = 0
-    cdef floating* grow
-    cdef int i
-    for i in range(rows):
-        y[i] = _class_index(labels[i * ls], n, ignore_index, has_ignore)
-        coef[i] = 0.0
-        if y[i] >= 0:
-            w_y[i] = weight[y[i]] if weight != NULL else 1.0
-            x_y[i] = x[i * rs + y[i] * cs]  # read now: the gradient may overwrite x (in place)
-            coef[i] = grad_scale * w_y[i]
-            zcoef[i] = 2.0 * z_loss * grad_scale
-            if grad_rows != NULL:
-                coef[i] = coef[i] * grad_rows[i * grad_rows_s]
-                zcoef[i] = zcoef[i] * grad_rows[i * grad_rows_s]
-        else:
-            zcoef[i] = 0.0
-    _tile_stats(x, rs, cs, rows, n, g, grs, gcs, coef, m, s_rest, log_s,
-                zcoef if z_loss != 0.0 else NULL)
-    for i in range(rows):
-        grow = g + i * grs if g != NULL else NULL
-        if y[i] < 0:
-            n_bad += y[i] == BAD_LABEL
-            loss[i * loss_s] = 0.0 if y[i] == IGNORED else NAN
-            if grow != NULL:
-                _fill_row(grow, n, gcs, 0.0 if y[i] == IGNORED else NAN)
-        elif m[i] == INFINITY or m[i] == -INFINITY:
-            loss[i * loss_s] = NAN
-            if grow != NULL:
-                _fill_row(grow, n, gcs, NAN)
-        else:
-            loss[i * loss_s] = w_y[i] * (log_s[i] - (x_y[i] - m[i]))
-            lse = m[i] + log_s[i]
-            if z_loss != 0.0:
-                loss[i * loss_s] += z_loss * lse * lse
-            if grow != NULL:
-                # coef (p_y - 1): from -s_rest / s when the label is the maximum (no cancellation),
-                # else from coef * p_y, already in the buffer (p_y <= 1/2 there); the z-loss term
-                # zcoef lse p_y is in the buffer too, and added here when the label is the max.
-                # (s_rest / s first: coef s_rest may overflow where the entry does not)
-                if x_y[i] == m[i] and z_loss != 0.0:
-                    grow[y[i] * gcs] = <floating>(-coef[i] * (s_rest[i] / (1.0 + s_rest[i]))
-                                                  + zcoef[i] * lse / (1.0 + s_rest[i]))
-                elif x_y[i] == m[i]:
-                    grow[y[i] * gcs] = <floating>(-coef[i] * (s_rest[i] / (1.0 + s_rest[i])))
-                elif isinf(grow[y[i] * gcs]):
-                    # coef p_y overflowed the buffer's type (a class weight beyond float32's
-                    # range): inf - coef kept the wrong sign; recompute the entry in double
-                    p_y = _exp_shifted(x_y[i], m[i]) / (1.0 + s_rest[i])
-                    grow[y[i] * gcs] = <floating>(coef[i] * (p_y - 1.0) + zcoef[i] * lse * p_y)
-                else:
-                    grow[y[i] * gcs] = <floating>(grow[y[i] * gcs] - coef[i])
-    return n_bad
+    for c in range(n):
+        g[c * stride] = <floating>value
 
 
 def sparse_xent(const floating[:, :, :] x, const label_t[:, :] labels, const double[::1] weight,
@@ -630,20 +397,22 @@ def sparse_xent(const floating[:, :, :] x, const label_t[:, :] labels, const dou
     weight (C,) float64 or None; smoothing in [0, 1]. Returns the number of bad labels met
     (rows with a bad label get NaN; the API checks labels first, so this is normally 0).
     z_loss >= 0 adds z_loss * lse**2 to every row that is not ignored; softcap > 0 replaces each
-    logit x by softcap * tanh(x / softcap) first (0: no cap). z-loss is folded into the
-    coefficients of the tiles and of _sparse_row; softcap routes rows through
-    _sparse_row_extra. With both off, every operation is the one of the plain paths.
+    logit x by softcap * tanh(x / softcap) first (0: no cap). Without smoothing and softcap, few
+    classes go through tiles of rows; softcap takes the capped rows.
     """
-    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], r, a, b, y
-    cdef Py_ssize_t xs0 = x.strides[0] // sizeof(floating), xs1 = x.strides[1] // sizeof(floating)
-    cdef Py_ssize_t xs2 = x.strides[2] // sizeof(floating)
-    cdef Py_ssize_t gs0 = 0, gs1 = 0, gs2 = 0
+    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], r, y, xo, go = 0
+    cdef Strides xs = _strides3(x.strides, sizeof(floating))
+    cdef Strides gs = _no_strides(), rs = _no_strides()
+    cdef Strides ls = _strides2(labels.strides, sizeof(label_t))
+    cdef Strides lo = _strides2(loss_out.strides, sizeof(double))
     cdef bint with_grad = grad_out is not None, with_rows = grad_rows is not None
     cdef const double* wp = NULL
     cdef double weight_sum = <double>C, coef
     cdef const floating* xp
+    cdef const label_t* lp
+    cdef double* loss_p
+    cdef const double* rows_p = NULL
     cdef floating* gp = NULL
-    cdef floating* grow
     cdef Py_ssize_t n_bad = 0
     if A * B == 0:
         return 0
@@ -653,122 +422,102 @@ def sparse_xent(const floating[:, :, :] x, const label_t[:, :] labels, const dou
         for y in range(C):
             weight_sum += wp[y]
     xp = &x[0, 0, 0]
+    lp = &labels[0, 0]
+    loss_p = &loss_out[0, 0]
     if with_grad:
         gp = &grad_out[0, 0, 0]
-        gs0 = grad_out.strides[0] // sizeof(floating)
-        gs1 = grad_out.strides[1] // sizeof(floating)
-        gs2 = grad_out.strides[2] // sizeof(floating)
-    if smoothing == 0.0 and _use_tiles(C) and softcap == 0.0:  # tiles: with z-loss, no cap
-        return _sparse_tiles(x, labels, wp, ignore_index, has_ignore, loss_out, grad_out,
-                             grad_scale, grad_rows, n_threads, z_loss)
+        gs = _strides3(grad_out.strides, sizeof(floating))
+    if with_rows:
+        rows_p = &grad_rows[0, 0]
+        rs = _strides2(grad_rows.strides, sizeof(double))
+    if smoothing == 0.0 and _use_tiles(C) and softcap == 0.0:
+        return _sparse_tiles(xp, xs, lp, ls, A, C, B, ignore_index, has_ignore, wp, loss_p, lo,
+                             gp, gs, grad_scale, rows_p, rs, n_threads, z_loss)
     for r in prange(A * B, nogil=True, schedule="static",
                     num_threads=_threads_for(n_threads, A * B, C)):
-        a, b = _row_position(r, B)
-        grow = gp + a * gs0 + b * gs2 if with_grad else NULL
-        y = _class_index(labels[a, b], C, ignore_index, has_ignore)
+        xo = _row_offset(xs, r, B)
+        if with_grad:
+            go = _row_offset(gs, r, B)
+        y = _class_index(lp[_row_offset(ls, r, B)], C, ignore_index, has_ignore)
         if y < 0:
-            if y == BAD_LABEL:
+            if y == FX_BAD_LABEL:
                 n_bad += 1
-            loss_out[a, b] = 0.0 if y == IGNORED else NAN
+            loss_p[_row_offset(lo, r, B)] = 0.0 if y == FX_IGNORED else NAN
             if with_grad:
-                _fill_row(grow, C, gs1, 0.0 if y == IGNORED else NAN)
+                _fill_row(gp + go, C, gs.sc, 0.0 if y == FX_IGNORED else NAN)
             continue
-        coef = grad_scale * grad_rows[a, b] if with_rows else grad_scale
-        if softcap != 0.0:
-            _sparse_row_extra(xp + a * xs0 + b * xs2, C, xs1, y, wp, weight_sum, smoothing,
-                              z_loss, softcap, &loss_out[a, b], grow, gs1, coef)
-        else:  # the vectorised row, z-loss folded into its coefficients
-            _sparse_row(xp + a * xs0 + b * xs2, C, xs1, y, wp, weight_sum, smoothing,
-                        &loss_out[a, b], grow, gs1, coef, z_loss)
+        coef = grad_scale * rows_p[_row_offset(rs, r, B)] if with_rows else grad_scale
+        if floating is float:
+            if softcap != 0.0:
+                fx_sparse_row_capped_f32(xp + xo, C, xs.sc, y, wp, weight_sum, smoothing, z_loss,
+                                         softcap, loss_p + _row_offset(lo, r, B),
+                                         gp + go if with_grad else NULL, gs.sc, coef)
+            else:
+                fx_sparse_row_f32(xp + xo, C, xs.sc, y, wp, weight_sum, smoothing,
+                                  loss_p + _row_offset(lo, r, B), gp + go if with_grad else NULL,
+                                  gs.sc, coef, z_loss)
+        else:
+            if softcap != 0.0:
+                fx_sparse_row_capped_f64(xp + xo, C, xs.sc, y, wp, weight_sum, smoothing, z_loss,
+                                         softcap, loss_p + _row_offset(lo, r, B),
+                                         gp + go if with_grad else NULL, gs.sc, coef)
+            else:
+                fx_sparse_row_f64(xp + xo, C, xs.sc, y, wp, weight_sum, smoothing,
+                                  loss_p + _row_offset(lo, r, B), gp + go if with_grad else NULL,
+                                  gs.sc, coef, z_loss)
     return n_bad
 
 
-cdef Py_ssize_t _sparse_tiles(const floating[:, :, :] x, const label_t[:, :] labels,
-                              const double* weight, int64_t ignore_index, bint has_ignore,
-                              double[:, :] loss_out, floating[:, :, :] grad_out, double grad_scale,
-                              const double[:, :] grad_rows, int n_threads, double z_loss):
+cdef Py_ssize_t _sparse_tiles(const floating* xp, Strides xs, const label_t* lp, Strides ls,
+                              Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, int64_t ignore_index,
+                              bint has_ignore, const double* wp, double* loss_p, Strides lo,
+                              floating* gp, Strides gs, double grad_scale, const double* rows_p,
+                              Strides rs, int n_threads, double z_loss) noexcept nogil:
     """sparse_xent for few classes, in tiles of FX_TILE rows (see _n_tiles)."""
-    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2]
-    cdef int d = 0 if B == 1 else 2  # the axis the rows of a tile step along
-    cdef Py_ssize_t rs = x.strides[d] // sizeof(floating), cs = x.strides[1] // sizeof(floating)
-    cdef Py_ssize_t ls = labels.strides[d // 2] // sizeof(label_t)
-    cdef Py_ssize_t loss_s = loss_out.strides[d // 2] // sizeof(double)
-    cdef bint with_grad = grad_out is not None, with_rows = grad_rows is not None
-    cdef Py_ssize_t grs = 0, gcs = 0, rows_s = 0, t, a, b, n_bad = 0
+    cdef Py_ssize_t t, first, n_bad = 0
     cdef int rows
-    if with_grad:
-        grs = grad_out.strides[d] // sizeof(floating)
-        gcs = grad_out.strides[1] // sizeof(floating)
-    if with_rows:
-        rows_s = grad_rows.strides[d // 2] // sizeof(double)
-    for t in prange(_n_tiles(A, B), nogil=True, schedule="static",
+    for t in prange(_n_tiles(A, B), schedule="static",
                     num_threads=_threads_for(n_threads, A * B, C)):
-        a, b, rows = _tile_start(t, A, B)
-        n_bad += _sparse_tile(
-            &x[a, 0, b], rs, cs, rows, C, &labels[a, b], ls, ignore_index, has_ignore, weight,
-            &loss_out[a, b], loss_s, &grad_out[a, 0, b] if with_grad else NULL, grs, gcs,
-            grad_scale, &grad_rows[a, b] if with_rows else NULL, rows_s, z_loss)
+        first, rows = _tile_start(t, A, B)
+        n_bad += _sparse_tile(xp, xs, lp, ls, first, rows, C, B, ignore_index, has_ignore, wp,
+                              loss_p, lo, gp, gs, grad_scale, rows_p, rs, z_loss)
+    return n_bad
+
+
+cdef Py_ssize_t _sparse_tile(const floating* xp, Strides xs, const label_t* lp, Strides ls,
+                             Py_ssize_t first, int rows, Py_ssize_t C, Py_ssize_t B,
+                             int64_t ignore_index, bint has_ignore, const double* wp,
+                             double* loss_p, Strides lo, floating* gp, Strides gs,
+                             double grad_scale, const double* rows_p, Strides rs,
+                             double z_loss) noexcept nogil:
+    """One tile: its labels decoded here (a thread's own array), its rows done by the C tile.
+    Returns the number of bad labels."""
+    cdef Py_ssize_t y[FX_TILE]
+    cdef Py_ssize_t n_bad = 0
+    cdef int i
+    for i in range(rows):
+        y[i] = _class_index(lp[_row_offset(ls, first + i, B)], C, ignore_index, has_ignore)
+        n_bad += y[i] == FX_BAD_LABEL
+    if floating is float:
+        fx_sparse_tile_f32(xp + _row_offset(xs, first, B), _tile_row_step(xs, B), xs.sc, rows, C,
+                           y, wp, loss_p + _row_offset(lo, first, B), _tile_row_step(lo, B),
+                           gp + _row_offset(gs, first, B) if gp != NULL else NULL,
+                           _tile_row_step(gs, B), gs.sc, grad_scale,
+                           rows_p + _row_offset(rs, first, B) if rows_p != NULL else NULL,
+                           _tile_row_step(rs, B), z_loss)
+    else:
+        fx_sparse_tile_f64(xp + _row_offset(xs, first, B), _tile_row_step(xs, B), xs.sc, rows, C,
+                           y, wp, loss_p + _row_offset(lo, first, B), _tile_row_step(lo, B),
+                           gp + _row_offset(gs, first, B) if gp != NULL else NULL,
+                           _tile_row_step(gs, B), gs.sc, grad_scale,
+                           rows_p + _row_offset(rs, first, B) if rows_p != NULL else NULL,
+                           _tile_row_step(rs, B), z_loss)
     return n_bad
 
 
 # --------------------------------------------------------------------------------------------
-# Dense labels (a distribution, or any non-negative mass, per row)
+# Class probabilities (a distribution, or any non-negative mass, per row)
 # --------------------------------------------------------------------------------------------
-
-cdef void _dense_row(const floating* x, Py_ssize_t n, Py_ssize_t xs, const floating* t,
-                     Py_ssize_t ts, const double* weight, double smoothing, double* loss,
-                     floating* g, Py_ssize_t gs, double grad_coef, double z_loss) noexcept nogil:
-    """Loss and gradient of one row with label mass t (smoothed to (1 - eps) t + eps / C).
-
-    With q_c = w_c t_c: loss = sum_c q_c (lse - x_c) = Q log s - sum_c q_c (x_c - m), Q = sum q;
-    grad = grad_coef (Q p - q), the true gradient also when Q != 1. Terms with q_c = 0 are skipped,
-    so a -inf logit with no label mass costs nothing and gets gradient 0. With z_loss != 0,
-    loss += z lse^2 and the softmax's coefficient Q becomes Q + 2 z lse (nothing changes at 0).
-    """
-    cdef double m = _row_max(x, n, xs)
-    cdef double mass = 0.0, dot = 0.0, q, s_rest, log_s, inv_s, lse, p_coef
-    cdef double keep = 1.0 - smoothing, spread = smoothing / n
-    cdef Py_ssize_t c
-    if m == INFINITY or m == -INFINITY:
-        loss[0] = NAN
-        if g != NULL:
-            _fill_row(g, n, gs, NAN)
-        return
-    if xs == 1 and ts == 1:
-        if floating is float:
-            dot = fx_row_dense_dot_f32(x, t, n, m, keep, spread, weight, &mass)
-        else:
-            dot = fx_row_dense_dot_f64(x, t, n, m, keep, spread, weight, &mass)
-    elif floating is float:  # the same sums in the same order, element by element
-        dot = fx_strided_dense_dot_f32(x, xs, t, ts, n, m, keep, spread, weight, &mass)
-    else:
-        dot = fx_strided_dense_dot_f64(x, xs, t, ts, n, m, keep, spread, weight, &mass)
-    s_rest = _row_sum_rest(x, n, xs, m, g, gs)
-    log_s = log1p(s_rest)
-    loss[0] = mass * log_s - dot
-    p_coef = mass
-    if z_loss != 0.0:
-        lse = m + log_s
-        loss[0] += z_loss * lse * lse
-        p_coef = mass + 2.0 * z_loss * lse
-    if g == NULL:
-        return
-    inv_s = 1.0 / (1.0 + s_rest)
-    if gs == 1 and ts == 1:
-        if floating is float:
-            fx_row_dense_grad_f32(g, t, n, grad_coef * p_coef * inv_s, grad_coef, keep, spread,
-                                  weight, p_coef, s_rest, inv_s)
-        else:
-            fx_row_dense_grad_f64(g, t, n, grad_coef * p_coef * inv_s, grad_coef, keep, spread,
-                                  weight, p_coef, s_rest, inv_s)
-        return
-    for c in range(n):  # the formula of fx_row_dense_grad, the maximum's entry included
-        q = keep * t[c * ts] + spread
-        if weight != NULL:
-            q = q * weight[c]
-        g[c * gs] = <floating>fx_dense_grad_one_f64(g[c * gs], q, grad_coef * p_coef * inv_s,
-                                                    grad_coef, p_coef, s_rest * inv_s)
-
 
 def dense_xent(const floating[:, :, :] x, const floating[:, :, :] labels, const double[::1] weight,
                double smoothing, double[:, :] loss_out, floating[:, :, :] grad_out,
@@ -779,312 +528,78 @@ def dense_xent(const floating[:, :, :] x, const floating[:, :, :] labels, const 
     Arguments as ``sparse_xent``; ``grad_out`` may be ``x`` itself but never ``labels``.
     z_loss and softcap as in ``sparse_xent`` (every row gets the z-loss: nothing is ignored).
     """
-    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], r, a, b
-    cdef Py_ssize_t xs0 = x.strides[0] // sizeof(floating), xs1 = x.strides[1] // sizeof(floating)
-    cdef Py_ssize_t xs2 = x.strides[2] // sizeof(floating)
-    cdef Py_ssize_t ts0 = labels.strides[0] // sizeof(floating)
-    cdef Py_ssize_t ts1 = labels.strides[1] // sizeof(floating)
-    cdef Py_ssize_t ts2 = labels.strides[2] // sizeof(floating)
-    cdef Py_ssize_t gs0 = 0, gs1 = 0, gs2 = 0
+    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], r, t, first, go = 0
+    cdef Strides xs = _strides3(x.strides, sizeof(floating))
+    cdef Strides ts = _strides3(labels.strides, sizeof(floating))
+    cdef Strides lo = _strides2(loss_out.strides, sizeof(double))
+    cdef Strides gs = _no_strides(), rs = _no_strides()
     cdef bint with_grad = grad_out is not None, with_rows = grad_rows is not None
     cdef const double* wp = NULL
+    cdef const double* rows_p = NULL
     cdef double coef
     cdef const floating* xp
     cdef const floating* tp
+    cdef double* loss_p
     cdef floating* gp = NULL
-    cdef floating* grow
+    cdef int rows
     if A * B == 0:
         return
     if weight is not None:
         wp = &weight[0]
     xp = &x[0, 0, 0]
     tp = &labels[0, 0, 0]
+    loss_p = &loss_out[0, 0]
     if with_grad:
         gp = &grad_out[0, 0, 0]
-        gs0 = grad_out.strides[0] // sizeof(floating)
-        gs1 = grad_out.strides[1] // sizeof(floating)
-        gs2 = grad_out.strides[2] // sizeof(floating)
-    cdef bint extra = z_loss != 0.0 or softcap != 0.0
-    if _use_tiles(C) and not extra:
-        _dense_tiles(x, labels, wp, smoothing, loss_out, grad_out, grad_scale, grad_rows, n_threads)
+        gs = _strides3(grad_out.strides, sizeof(floating))
+    if with_rows:
+        rows_p = &grad_rows[0, 0]
+        rs = _strides2(grad_rows.strides, sizeof(double))
+    if _use_tiles(C) and z_loss == 0.0 and softcap == 0.0:
+        for t in prange(_n_tiles(A, B), nogil=True, schedule="static",
+                        num_threads=_threads_for(n_threads, A * B, C)):
+            first, rows = _tile_start(t, A, B)
+            if floating is float:
+                fx_dense_tile_f32(xp + _row_offset(xs, first, B), _tile_row_step(xs, B), xs.sc,
+                                  rows, C, tp + _row_offset(ts, first, B), _tile_row_step(ts, B),
+                                  ts.sc, wp, smoothing, loss_p + _row_offset(lo, first, B),
+                                  _tile_row_step(lo, B),
+                                  gp + _row_offset(gs, first, B) if with_grad else NULL,
+                                  _tile_row_step(gs, B), gs.sc, grad_scale,
+                                  rows_p + _row_offset(rs, first, B) if with_rows else NULL,
+                                  _tile_row_step(rs, B))
+            else:
+                fx_dense_tile_f64(xp + _row_offset(xs, first, B), _tile_row_step(xs, B), xs.sc,
+                                  rows, C, tp + _row_offset(ts, first, B), _tile_row_step(ts, B),
+                                  ts.sc, wp, smoothing, loss_p + _row_offset(lo, first, B),
+                                  _tile_row_step(lo, B),
+                                  gp + _row_offset(gs, first, B) if with_grad else NULL,
+                                  _tile_row_step(gs, B), gs.sc, grad_scale,
+                                  rows_p + _row_offset(rs, first, B) if with_rows else NULL,
+                                  _tile_row_step(rs, B))
         return
     for r in prange(A * B, nogil=True, schedule="static",
                     num_threads=_threads_for(n_threads, A * B, C)):
-        a, b = _row_position(r, B)
-        grow = gp + a * gs0 + b * gs2 if with_grad else NULL
-        coef = grad_scale * grad_rows[a, b] if with_rows else grad_scale
-        if softcap != 0.0:
-            _dense_row_extra(xp + a * xs0 + b * xs2, C, xs1, tp + a * ts0 + b * ts2, ts1, wp,
-                             smoothing, z_loss, softcap, &loss_out[a, b], grow, gs1, coef)
-        else:  # the vectorised row, z-loss folded into its coefficients
-            _dense_row(xp + a * xs0 + b * xs2, C, xs1, tp + a * ts0 + b * ts2, ts1, wp, smoothing,
-                       &loss_out[a, b], grow, gs1, coef, z_loss)
-
-
-cdef void _dense_tile(const floating* x, Py_ssize_t rs, Py_ssize_t cs, int rows, Py_ssize_t n,
-                      const floating* t, Py_ssize_t trs, Py_ssize_t tcs, const double* weight,
-                      double smoothing, double* loss, Py_ssize_t loss_s, floating* g,
-                      Py_ssize_t grs, Py_ssize_t gcs, double grad_scale, const double* grad_rows,
-                      Py_ssize_t grad_rows_s) noexcept nogil:
-    """_dense_row for up to FX_TILE rows of few classes: the softmax, scaled by coef * mass, is
-    written by fx_tile_stats; the label terms are done per row. ``g`` may alias ``x``: the
-    label terms then read a copy of the tile's logits, taken before the gradient overwrites them,
-    so that in place and out of place give the same bits."""
-    cdef floating x_copy[FX_TILE * FX_TILE_MAX_C]
-    cdef double coef[FX_TILE]
-    cdef double scaled[FX_TILE]
-    cdef double mass[FX_TILE]
-    cdef double m[FX_TILE]
-    cdef double s_rest[FX_TILE]
-    cdef double log_s[FX_TILE]
-    cdef double keep = 1.0 - smoothing, spread = smoothing / n, q, dot, rest_frac
-    cdef Py_ssize_t c, arg_max
-    cdef int i
-    for i in range(rows):
-        mass[i] = 0.0
-        for c in range(n):
-            q = keep * t[i * trs + c * tcs] + spread
-            if weight != NULL:
-                q = q * weight[c]
-            mass[i] += q
-        coef[i] = grad_scale * grad_rows[i * grad_rows_s] if grad_rows != NULL else grad_scale
-        scaled[i] = coef[i] * mass[i]
-    if g != NULL and <const void*>g == <const void*>x:
-        for i in range(rows):
-            for c in range(n):
-                x_copy[i * n + c] = x[i * rs + c * cs]
-        x, rs, cs = x_copy, n, 1
-    _tile_stats(x, rs, cs, rows, n, g, grs, gcs, scaled, m, s_rest, log_s)
-    for i in range(rows):
-        if m[i] == INFINITY or m[i] == -INFINITY:
-            loss[i * loss_s] = NAN
-            if g != NULL:
-                _fill_row(g + i * grs, n, gcs, NAN)
-            continue
-        dot = 0.0
-        arg_max = -1
-        rest_frac = s_rest[i] * (1.0 / (1.0 + s_rest[i]))
-        for c in range(n):
-            q = keep * t[i * trs + c * tcs] + spread
-            if weight != NULL:
-                q = q * weight[c]
-            if q != 0.0:  # so that a -inf logit without label mass costs nothing
-                dot += q * (x[i * rs + c * cs] - m[i])
-            if g != NULL:
-                g[i * grs + c * gcs] = <floating>(g[i * grs + c * gcs] - coef[i] * q)
-            arg_max = c if x[i * rs + c * cs] == m[i] else arg_max
-        loss[i * loss_s] = mass[i] * log_s[i] - dot
-        if g != NULL and arg_max >= 0:
-            # the maximum's entry again, in double from the row's statistics (the buffer's
-            # softmax is rounded to the data's type): Note [dense maximum entry] (one of tied
-            # maxima is enough: with ties p <= 1/2, nothing cancels)
-            q = keep * t[i * trs + arg_max * tcs] + spread
-            if weight != NULL:
-                q = q * weight[arg_max]
-            if rest_frac < 0.5:
-                g[i * grs + arg_max * gcs] = <floating>(coef[i] * ((mass[i] - q)
-                                                                   - mass[i] * rest_frac))
+        if with_grad:
+            go = _row_offset(gs, r, B)
+        coef = grad_scale * rows_p[_row_offset(rs, r, B)] if with_rows else grad_scale
+        if floating is float:
+            if softcap != 0.0:
+                fx_dense_row_capped_f32(xp + _row_offset(xs, r, B), C, xs.sc,
+                                        tp + _row_offset(ts, r, B), ts.sc, wp, smoothing, z_loss,
+                                        softcap, loss_p + _row_offset(lo, r, B),
+                                        gp + go if with_grad else NULL, gs.sc, coef)
             else:
-                g[i * grs + arg_max * gcs] = <floating>(
-                    coef[i] * mass[i] * (1.0 / (1.0 + s_rest[i])) - coef[i] * q)
-
-
-cdef void _dense_tiles(const floating[:, :, :] x, const floating[:, :, :] labels,
-                       const double* weight, double smoothing, double[:, :] loss_out,
-                       floating[:, :, :] grad_out, double grad_scale,
-                       const double[:, :] grad_rows, int n_threads) noexcept nogil:
-    """dense_xent for few classes, in tiles of FX_TILE rows (see _n_tiles)."""
-    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2]
-    cdef int d = 0 if B == 1 else 2  # the axis the rows of a tile step along
-    cdef Py_ssize_t rs = x.strides[d] // sizeof(floating), cs = x.strides[1] // sizeof(floating)
-    cdef Py_ssize_t trs = labels.strides[d] // sizeof(floating)
-    cdef Py_ssize_t tcs = labels.strides[1] // sizeof(floating)
-    cdef Py_ssize_t loss_s = loss_out.strides[d // 2] // sizeof(double)
-    cdef bint with_grad = grad_out is not None, with_rows = grad_rows is not None
-    cdef Py_ssize_t grs = 0, gcs = 0, rows_s = 0, t, a, b
-    cdef int rows
-    if with_grad:
-        grs = grad_out.strides[d] // sizeof(floating)
-        gcs = grad_out.strides[1] // sizeof(floating)
-    if with_rows:
-        rows_s = grad_rows.strides[d // 2] // sizeof(double)
-    for t in prange(_n_tiles(A, B), schedule="static",
-                    num_threads=_threads_for(n_threads, A * B, C)):
-        a, b, rows = _tile_start(t, A, B)
-        _dense_tile(&x[a, 0, b], rs, cs, rows, C, &labels[a, 0, b], trs, tcs, weight, smoothing,
-                    &loss_out[a, b], loss_s, &grad_out[a, 0, b] if with_grad else NULL, grs, gcs,
-                    grad_scale, &grad_rows[a, b] if with_rows else NULL, rows_s)
-
-
-# --------------------------------------------------------------------------------------------
-# Logit softcap (both label kinds): the rows of sparse_xent / dense_xent when softcap > 0
-# --------------------------------------------------------------------------------------------
-#
-# Each logit x is read as v = s tanh(x / s) (Gemma 2), computed in double on the fly (never
-# stored), and the gradient w.r.t. x carries dv/dx = 1 - tanh^2(x / s). Both come from one
-# e = exp(-2|x / s|) (fx_cap_f32 / fx_cap_f64): tanh = sign (1 - e) / (1 + e) and
-# 1 - tanh^2 = 4 e / (1 + e)^2, exactly 0 at x = +-inf, with one reciprocal (a float one refined
-# in double: no double division). 1 - e is -expm1(-2|x / s|) from the exp's own polynomial, so
-# tanh keeps its relative accuracy for |x| << s too (1 - e itself would cancel: a softcap of 1e20
-# once turned every logit into 0). v has a relative error of a few 1e-16 for double data; for
-# float data e and e - 1 come from the float32-grade exp (relative error below 2e-8), below the
-# float32 rounding of v that PyTorch's float32 tanh makes. tanh is monotone, so the capped row maximum
-# m is the cap of the raw maximum, and "x is the maximum" is decided on the raw x. A +-inf
-# logit is capped to +-s; NaN stays NaN.
-# z-loss (z lse^2 per row, gradient 2 z lse p) is folded into the coefficients here as in the
-# plain rows. Rows take three passes: max, sums (read only), gradient (exp recomputed), which
-# reads x_c before it writes g_c, so g may be x itself (in place). Contiguous rows use the
-# vectorised loops of _rows_template.h; strided ones the scalar loops below (same formulas).
-
-cdef inline double _cap(const floating* like, double v, double softcap) noexcept nogil:
-    """s tanh(v / s) with the exp of ``like``'s type (see the section comment)."""
-    if floating is float:
-        return fx_cap_one_f32(v, softcap, NULL)
-    else:
-        return fx_cap_one_f64(v, softcap, NULL)
-
-
-cdef inline double _cap_slope(const floating* like, double v, double softcap,
-                              double* slope) noexcept nogil:
-    """_cap, and its derivative 1 - tanh^2(v / s) = 4 e / (1 + e)^2 into ``slope`` (one exp)."""
-    if floating is float:
-        return fx_cap_one_f32(v, softcap, slope)
-    else:
-        return fx_cap_one_f64(v, softcap, slope)
-
-
-cdef inline double _exp_capped(const floating* like, double v, double m) noexcept nogil:
-    """exp(v - m) for a capped logit v <= m, with the exp of the contiguous loops."""
-    if floating is float:
-        return fx_exp_capped_f32(v, m)
-    else:
-        return fx_exp_capped_f64(v, m)
-
-
-cdef inline double _cap_row_stats(const floating* x, Py_ssize_t n, Py_ssize_t xs,
-                                  double softcap, double* m_raw, double* m_out,
-                                  double* log_s_out) noexcept nogil:
-    """The raw row max into m_raw, the capped one into m_out, log s into log_s_out; returns
-    s_rest = s - 1, summed without the 1 of the maximum."""
-    cdef double acc = 0.0, m
-    cdef Py_ssize_t c, n_max = 0
-    m_raw[0] = _row_max(x, n, xs)
-    if xs == 1:
-        if floating is float:
-            acc = fx_row_cap_exp_sum_f32(x, n, softcap, m_raw[0], m_out)
+                fx_dense_row_f32(xp + _row_offset(xs, r, B), C, xs.sc, tp + _row_offset(ts, r, B),
+                                 ts.sc, wp, smoothing, loss_p + _row_offset(lo, r, B),
+                                 gp + go if with_grad else NULL, gs.sc, coef, z_loss)
         else:
-            acc = fx_row_cap_exp_sum_f64(x, n, softcap, m_raw[0], m_out)
-    else:
-        m = _cap(x, m_raw[0], softcap)
-        for c in range(n):
-            if x[c * xs] == m_raw[0]:
-                n_max += 1
+            if softcap != 0.0:
+                fx_dense_row_capped_f64(xp + _row_offset(xs, r, B), C, xs.sc,
+                                        tp + _row_offset(ts, r, B), ts.sc, wp, smoothing, z_loss,
+                                        softcap, loss_p + _row_offset(lo, r, B),
+                                        gp + go if with_grad else NULL, gs.sc, coef)
             else:
-                acc += _exp_capped(x, _cap(x, <double>x[c * xs], softcap), m)
-        acc = acc + <double>(n_max - 1)
-        m_out[0] = m
-    log_s_out[0] = log1p(acc)
-    return acc
-
-
-cdef void _sparse_row_extra(const floating* x, Py_ssize_t n, Py_ssize_t xs, Py_ssize_t y,
-                            const double* weight, double weight_sum, double smoothing,
-                            double z_loss, double softcap, double* loss, floating* g,
-                            Py_ssize_t gs, double grad_coef) noexcept nogil:
-    """_sparse_row with a softcap (see the section comment). With v the capped row:
-    loss = (1 - eps) w_y (lse - v_y) + (eps / C) sum_c w_c (lse - v_c) + z lse^2;
-    d loss / d v_c = (A + 2 z lse) p_c - k w_c - (1 - eps) w_y [c == y], A = (1 - eps) w_y + k W,
-    k = eps / C; times dv_c / dx_c."""
-    cdef double m, m_raw, log_s, s_rest, lse, inv_s, v, p, w_c, smooth_dot = 0.0
-    cdef double w_y = weight[y] if weight != NULL else 1.0
-    cdef double k_coef = smoothing / n, a_coef, g_c, z_coef
-    cdef double x_y = x[y * xs]  # read now: the gradient may overwrite x (in place)
-    cdef double slope, slope_y
-    cdef double v_y = _cap_slope(x, x_y, softcap, &slope_y)
-    cdef Py_ssize_t c
-    s_rest = _cap_row_stats(x, n, xs, softcap, &m_raw, &m, &log_s)
-    if x_y == m_raw:
-        # the label is the maximum: v_y - m is 0 exactly (m may come from a vectorised clone
-        # whose FMA contraction rounds the cap differently in the last bit; a tiny loss is
-        # all in log_s, and must not go negative)
-        v_y = m
-    if smoothing != 0.0:
-        for c in range(n):
-            w_c = weight[c] if weight != NULL else 1.0
-            if w_c != 0.0 and x[c * xs] != m_raw:  # the maximum's term is 0 exactly (above)
-                smooth_dot += w_c * (_cap(x, <double>x[c * xs], softcap) - m)
-    lse = m + log_s
-    z_coef = 2.0 * z_loss * lse
-    loss[0] = (1.0 - smoothing) * w_y * (log_s - (v_y - m)) + z_loss * lse * lse
-    if smoothing != 0.0:
-        loss[0] += k_coef * (weight_sum * log_s - smooth_dot)
-    if g == NULL:
-        return
-    inv_s = 1.0 / (1.0 + s_rest)
-    a_coef = (1.0 - smoothing) * w_y + k_coef * weight_sum + z_coef
-    if xs == 1 and gs == 1:
-        if floating is float:
-            fx_row_cap_grad_f32(x, g, n, softcap, m, grad_coef * a_coef * inv_s,
-                                grad_coef * k_coef, NULL, 0.0, 0.0, weight)
-        else:
-            fx_row_cap_grad_f64(x, g, n, softcap, m, grad_coef * a_coef * inv_s,
-                                grad_coef * k_coef, NULL, 0.0, 0.0, weight)
-    else:
-        for c in range(n):
-            v = _cap_slope(x, <double>x[c * xs], softcap, &slope)
-            w_c = weight[c] if weight != NULL else 1.0
-            g[c * gs] = <floating>(grad_coef * (a_coef * _exp_capped(x, v, m) * inv_s
-                                                - k_coef * w_c) * slope)
-    # the label's class: - (1 - eps) w_y, without cancellation when y is the maximum
-    # (p_y - 1 = -s_rest / s there)
-    if x_y == m_raw:
-        p = inv_s
-        g_c = (1.0 - smoothing) * w_y * (-s_rest * inv_s)
-    else:
-        p = _exp_capped(x, v_y, m) * inv_s
-        g_c = (1.0 - smoothing) * w_y * (p - 1.0)
-    g_c = g_c + k_coef * (weight_sum * p - w_y) + z_coef * p
-    g[y * gs] = <floating>(grad_coef * g_c * slope_y)
-
-
-cdef void _dense_row_extra(const floating* x, Py_ssize_t n, Py_ssize_t xs, const floating* t,
-                           Py_ssize_t ts, const double* weight, double smoothing, double z_loss,
-                           double softcap, double* loss, floating* g, Py_ssize_t gs,
-                           double grad_coef) noexcept nogil:
-    """_dense_row with a softcap: with q_c = w_c ((1 - eps) t_c + eps / C), Q = sum q,
-    loss = Q log s - sum_c q_c (v_c - m) + z lse^2, d loss / d v_c = (Q + 2 z lse) p_c - q_c,
-    times dv_c / dx_c. ``g`` may alias ``x``, never ``t``."""
-    cdef double m, m_raw, log_s, s_rest, lse, inv_s, q, v, slope, mass = 0.0, dot = 0.0, a_coef
-    cdef double keep = 1.0 - smoothing, spread = smoothing / n
-    cdef Py_ssize_t c
-    s_rest = _cap_row_stats(x, n, xs, softcap, &m_raw, &m, &log_s)
-    for c in range(n):
-        q = keep * t[c * ts] + spread
-        if weight != NULL:
-            q = q * weight[c]
-        mass += q
-        # the maximum's term is 0 exactly: m may come from a vectorised clone whose FMA
-        # contraction rounds the cap differently in the last bit (a one-hot target on the
-        # maximum would turn a tiny loss negative)
-        if q != 0.0 and x[c * xs] != m_raw:
-            dot += q * (_cap(x, <double>x[c * xs], softcap) - m)
-    lse = m + log_s
-    loss[0] = mass * log_s - dot + z_loss * lse * lse
-    if g == NULL:
-        return
-    inv_s = 1.0 / (1.0 + s_rest)
-    a_coef = (mass + 2.0 * z_loss * lse) * inv_s
-    if xs == 1 and gs == 1 and ts == 1:
-        if floating is float:
-            fx_row_cap_grad_f32(x, g, n, softcap, m, grad_coef * a_coef, grad_coef, t, keep,
-                                spread, weight)
-        else:
-            fx_row_cap_grad_f64(x, g, n, softcap, m, grad_coef * a_coef, grad_coef, t, keep,
-                                spread, weight)
-        return
-    for c in range(n):
-        q = keep * t[c * ts] + spread
-        if weight != NULL:
-            q = q * weight[c]
-        v = _cap_slope(x, <double>x[c * xs], softcap, &slope)
-        g[c * gs] = <floating>(grad_coef * (a_coef * _exp_capped(x, v, m) - q) * slope)
+                fx_dense_row_f64(xp + _row_offset(xs, r, B), C, xs.sc, tp + _row_offset(ts, r, B),
+                                 ts.sc, wp, smoothing, loss_p + _row_offset(lo, r, B),
+                                 gp + go if with_grad else NULL, gs.sc, coef, z_loss)

@@ -37,6 +37,8 @@
 #define FX_PREFETCH_MAX_ROW (256 * 1024)
 #define FX_TILE 16      /* rows of a tile (fx_tile_stats) */
 #define FX_TILE_MAX_C 32 /* classes a tile can hold */
+#define FX_IGNORED (-1)    /* a tile's class index of an ignored label */
+#define FX_BAD_LABEL (-2)  /* ... and of a label outside [0, C) */
 
 /* ---------------------------------------------------------------------------------------
  * exp(d) for d <= 0 (or NaN), vectorisable: d = k ln2 + r with |r| <= ln2 / 2, exp(r) by a
@@ -175,7 +177,7 @@ static inline double fx_exp_neg_f32(double d) { return fx_exp_em1_neg_f32(d, NUL
  * for double data x - m is rounded, and exp turns an absolute error of half an ulp of 30 into
  * 16 ulps of relative error, so the rounding error of the subtraction (TwoSum) goes into the
  * reduced argument of exp. */
-static inline double fx_exp_shifted_f32(float x, double m) { return fx_exp_neg_f32((double)x - m); }
+static inline double fx_exp_shifted_f32(double v, double m) { return fx_exp_neg_f32(v - m); }
 
 static inline double fx_exp_shifted_f64(double x, double m)
 {
@@ -281,30 +283,22 @@ static inline double fx_combine_compensated(const double *hi, const double *lo, 
 #define FX_SUFFIX f32
 #define FX_COMPENSATED 0
 #define FX_NAME(base) FX_NAME2(base, FX_SUFFIX)
-#define FX_EXP_NEG(d) fx_exp_neg_f32(d)
 #define FX_EXP_EM1_NEG(d, em1) fx_exp_em1_neg_f32((d), (em1))
-#define FX_EXP_SHIFTED(v, m) fx_exp_neg_f32((v) - (m))
 #include "_rows_template.h"
 #undef FX_T
 #undef FX_SUFFIX
 #undef FX_COMPENSATED
-#undef FX_EXP_NEG
 #undef FX_EXP_EM1_NEG
-#undef FX_EXP_SHIFTED
 
 #define FX_T double
 #define FX_SUFFIX f64
 #define FX_COMPENSATED 1
-#define FX_EXP_NEG(d) fx_exp_neg_f64((d), 0.0)
 #define FX_EXP_EM1_NEG(d, em1) fx_exp_em1_neg_f64((d), 0.0, (em1))
-#define FX_EXP_SHIFTED(v, m) fx_exp_shifted_f64((v), (m))
 #include "_rows_template.h"
 #undef FX_T
 #undef FX_SUFFIX
 #undef FX_COMPENSATED
-#undef FX_EXP_NEG
 #undef FX_EXP_EM1_NEG
-#undef FX_EXP_SHIFTED
 #undef FX_NAME
 
 #endif /* FASTXENT_ROWS_H */
