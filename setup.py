@@ -170,10 +170,10 @@ class BuildExt(build_ext):
     def _probe_compiler(self) -> None:
         error = self._try_build("int main(void) { return 0; }\n", [], [])
         if error:
-            compiler = getattr(self.compiler, "compiler_so", None) or self.compiler.compiler_type
+            compiler = (getattr(self.compiler, "compiler_so", None) or [self.compiler.compiler_type])[0]
             raise BuildFailure(
-                f"no working C compiler: `{' '.join(map(str, compiler))}` cannot build a "
-                f"trivial program ({error}). fastxent's kernels are C (with OpenMP): install a "
+                f"no working C compiler: `{compiler}` cannot build a trivial program "
+                f"({error}). fastxent's kernels are C (with OpenMP): install a "
                 "C compiler (Debian/Ubuntu: apt-get install gcc; Fedora: dnf install gcc; "
                 "Alpine: apk add build-base; macOS: xcode-select --install and brew install "
                 "libomp; Windows: the Visual Studio Build Tools) and build again, or set CC. "
@@ -287,7 +287,8 @@ def main() -> None:
     except BuildFailure as exc:
         # pip prints a failed build's output without -v: this is the line the user reads
         banner("ERROR", str(exc))
-        sys.exit(f"fastxent: {exc}")
+        sys.exit("fastxent: the build failed: see the ERROR above")
 
 
-main()
+if __name__ == "__main__":  # as pip's build backend and `python setup.py` run it; tests import it
+    main()
