@@ -7,12 +7,12 @@ must never test the fallback twice.
 """
 
 import importlib
-import os
 
 import numpy as np
 import pytest
 
 import fastxent
+from fastxent._flags import env_flag
 
 BACKENDS = ("compiled", "python")
 DTYPES = (np.float32, np.float64)
@@ -29,7 +29,7 @@ def load_kernels(name):
     try:
         return importlib.import_module("fastxent._kernels_c")
     except ImportError as exc:
-        if os.environ.get("FASTXENT_REQUIRE_EXTENSION") == "1":
+        if env_flag("FASTXENT_REQUIRE_EXTENSION"):
             pytest.fail(f"FASTXENT_REQUIRE_EXTENSION=1 but fastxent._kernels_c is missing: {exc}")
         pytest.skip(f"compiled extension fastxent._kernels_c unavailable: {exc}")
 

@@ -10,8 +10,9 @@ import pytest
 
 import fastxent
 from fastxent import _kernels_py
+from fastxent._flags import env_flag
 
-REQUIRED = os.environ.get("FASTXENT_REQUIRE_EXTENSION") == "1"
+REQUIRED = env_flag("FASTXENT_REQUIRE_EXTENSION")
 
 
 def _compiled():
@@ -84,3 +85,53 @@ def test_fallback_results_equal_compiled_results_through_the_public_api(monkeypa
     (loss_c, grad_c), (loss_p, grad_p) = results.values()
     np.testing.assert_allclose(loss_c, loss_p, rtol=4 * np.finfo(np.float64).eps)
     np.testing.assert_allclose(grad_c, grad_p, rtol=0, atol=8 * np.finfo(np.float64).eps)
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("1", True), ("true", True), ("YES", True), (" on ", True),
+    ("", False), ("0", False), ("False", False), ("no", False), ("off", False),
+])
+def test_flag_rule_reads_on_and_off_words(value, expected):
+    assert env_flag("FASTXENT_X", {"FASTXENT_X": value}) is expected
+
+
+def test_flag_rule_reads_an_unset_variable_as_off():
+    assert env_flag("FASTXENT_X", {}) is False
+
+
+@pytest.mark.parametrize("value", ["maybe", "2", "enabled", "y"])
+def test_flag_rule_rejects_other_values_naming_the_variable(value):
+    with pytest.raises(ValueError, match="FASTXENT_X"):
+        env_flag("FASTXENT_X", {"FASTXENT_X": value})
+
+
+def test_an_unreadable_flag_fails_the_import_naming_the_variable():
+    result = _import_in_subprocess({"FASTXENT_PURE_PYTHON": "maybe"})
+    assert result.returncode != 0
+    assert "FASTXENT_PURE_PYTHON='maybe'" in result.stderr
+
+
+_FALLBACK_IMPORT = """\
+import sys, warnings
+sys.modules["fastxent._kernels_c"] = None  # the extension does not import
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as caught:
+    import fastxent
+(w,) = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+print(w.filename, w.lineno, fastxent.backend)
+print(w.message)
+"""
+
+
+def test_fallback_warning_points_at_the_users_import_and_says_how_to_rebuild(tmp_path):
+    script = tmp_path / "user_script.py"
+    script.write_text(_FALLBACK_IMPORT)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FASTXENT_PURE_PYTHON", "FASTXENT_REQUIRE_EXTENSION")}
+    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                            text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    where, message = result.stdout.split("\n", 1)
+    assert where.split() == [str(script), "5", "python"]
+    assert fastxent._backend.REBUILD_COMMAND in message
+    assert "--no-cache-dir" in fastxent._backend.REBUILD_COMMAND

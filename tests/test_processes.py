@@ -179,3 +179,37 @@ def test_a_forked_child_is_serial_only_where_the_openmp_runtime_may_be_busy(firs
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout == expected
+
+
+_TORCH_FIRST = """
+import os, time
+import numpy as np
+import torch
+a = torch.randn(1000, 1000)
+(a @ a).sum()  # OpenMP workers of PyTorch's runtime, now idle but alive
+import fastxent  # after torch: its kernels bind to PyTorch's runtime (loaded RTLD_GLOBAL)
+rng = np.random.default_rng(7)
+logits = rng.standard_normal((20000, 50))
+labels = rng.integers(0, 50, 20000)
+expected = float(fastxent.cross_entropy(logits, labels, n_threads=1))
+pid = os.fork()
+if pid == 0:
+    loss = float(fastxent.cross_entropy(logits, labels, n_threads=2))
+    os._exit(0 if loss == expected else 3)
+for _ in range(600):
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        raise SystemExit(os.waitstatus_to_exitcode(status))
+    time.sleep(0.1)
+os.kill(pid, 9)
+raise SystemExit("the forked child hung")
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fork is POSIX only")
+def test_forked_child_after_pytorchs_work_with_torch_imported_first_does_not_hang():
+    # the order that makes even a wheel with its own bundled OpenMP runtime share PyTorch's
+    pytest.importorskip("torch")
+    result = subprocess.run([sys.executable, "-c", _TORCH_FIRST], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr

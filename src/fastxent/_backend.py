@@ -2,8 +2,11 @@
 
 ``FASTXENT_PURE_PYTHON=1`` forces the fallback; ``FASTXENT_REQUIRE_EXTENSION=1`` makes a missing
 compiled module an ImportError instead of a fallback (CI sets it, so the fallback is never
-tested twice by accident); otherwise a missing compiled module falls back with a RuntimeWarning. Both are read once, at import. The public functions look up
-``kernels`` at call time, so the test suite can swap it to run every test on both modules.
+tested twice by accident); otherwise a missing compiled module falls back with a RuntimeWarning
+that points at the user's import and gives the command that rebuilds the extension. Both
+variables are read once, at import, by the rule of ``_flags.env_flag``. The public functions
+look up ``kernels`` at call time, so the test suite can swap it to run every test on both
+modules.
 """
 
 import importlib.util
@@ -12,9 +15,34 @@ import sys
 import warnings
 from types import ModuleType
 
+from ._flags import env_flag as _flag
 
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+# What rebuilds the extension (pip's cache may hold a wheel built without it, hence no cache).
+REBUILD_COMMAND = "pip install --force-reinstall --no-cache-dir --no-binary fastxent fastxent"
+REBUILD_CHECKOUT_COMMAND = "pip install --force-reinstall --no-cache-dir ."
+
+
+def _is_importlib(filename: str) -> bool:
+    # the frames warnings.warn skips when it counts a stacklevel (CPython's _is_internal_frame)
+    return "importlib" in filename and "_bootstrap" in filename
+
+
+def _stacklevel_outside_package() -> int:
+    """The stacklevel that makes a warning issued by the caller of this function point at the
+    first frame outside fastxent (the user's ``import fastxent``), counted as warnings.warn
+    counts: importlib's frames are not counted."""
+    package_dir = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None:
+        frame = frame.f_back
+        filename = frame.f_code.co_filename
+        if _is_importlib(filename):
+            continue
+        level += 1
+        if not os.path.abspath(filename).startswith(package_dir):
+            break
+    return level
 
 
 def _load() -> tuple[ModuleType, str]:
@@ -34,16 +62,18 @@ def _load() -> tuple[ModuleType, str]:
         if _flag("FASTXENT_REQUIRE_EXTENSION"):
             raise ImportError(
                 f"fastxent: the compiled extension fastxent._kernels_c is unavailable ({reason}) "
-                "and FASTXENT_REQUIRE_EXTENSION is set; rebuild with "
-                "`pip install --force-reinstall --no-cache-dir .`"
+                f"and FASTXENT_REQUIRE_EXTENSION is set; rebuild it with a C compiler: "
+                f"`{REBUILD_COMMAND}` (in a source checkout: `{REBUILD_CHECKOUT_COMMAND}`)"
             ) from exc
-        # pip hides a build's own warnings, so say it here, where the user will see it.
+        # Said at import, where the user sees it: pip shows a build's output only when it fails.
         warnings.warn(
             f"fastxent: the compiled extension is unavailable ({reason}); using the pure-NumPy "
-            "fallback, which is correct but much slower. Set FASTXENT_PURE_PYTHON=1 to choose "
-            "the fallback deliberately (and silence this warning).",
+            "fallback, which is correct but much slower. To build the extension, install a C "
+            f"compiler and run `{REBUILD_COMMAND}` (in a source checkout: "
+            f"`{REBUILD_CHECKOUT_COMMAND}`); to choose the fallback deliberately (and silence "
+            "this warning), set FASTXENT_PURE_PYTHON=1.",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=_stacklevel_outside_package(),
         )
         from . import _kernels_py
 
@@ -58,11 +88,15 @@ openmp_enabled: bool = bool(kernels.openmp_enabled)
 # GNU OpenMP cannot run a parallel region in a child forked after the parent ran one: the child
 # would wait forever for the parent's worker threads. Such a child computes serially instead
 # (its results are bitwise the same: they never depend on the thread count). The parent's
-# OpenMP workers may also be another library's: PyTorch ships libgomp.so.1 under the soname
-# fastxent links to, so one runtime serves both, and its matmul leaves idle workers behind. A
-# child forked while such a library is loaded computes serially too. (Counting the parent's
-# threads would not tell: NumPy's OpenBLAS starts its own at import. scikit-learn's OpenMP
-# runtime is a renamed copy of its own, not shared.)
+# OpenMP workers may also be another library's, wherever that library's runtime is the one
+# fastxent's kernels call, so a child forked while such a library is loaded computes serially
+# too. PyTorch is one, however fastxent was built: it ships libgomp.so.1, which the loader
+# shares with an extension linked to the system's libgomp.so.1 (the same soname), and it loads
+# it RTLD_GLOBAL, so that an auditwheel-repaired extension, whose bundled copy is renamed,
+# still binds to PyTorch's runtime when torch was imported first (imported after fastxent,
+# the two runtimes stay apart; nothing at fork time tells the cases apart cheaply, so both
+# are treated alike). Counting the parent's threads would not tell either: NumPy's OpenBLAS
+# starts its own at import. (scikit-learn's OpenMP runtime is a renamed copy loaded locally.)
 OPENMP_SHARERS = ("torch",)
 parallel_used = False
 forked_after_parallel = False

@@ -1,7 +1,7 @@
 /*
  * fastxent's inner loops over one contiguous row of logits, in C so that the compiler can
- * vectorise them and so that GCC can clone them for AVX2 and AVX-512 with run-time dispatch
- * (target_clones). The baseline build stays portable: no -march=native, no -ffast-math.
+ * vectorise them and so that GCC and clang can clone them for AVX2 and AVX-512 with run-time
+ * dispatch (target_clones). The baseline build stays portable: no -march=native, no -ffast-math.
  *
  * Every reduction keeps FX_LANES partial results in an array and combines them in a fixed
  * order at the end: the compiler vectorises the lanes without being allowed to reassociate,
@@ -22,10 +22,19 @@
 #define __builtin_prefetch(...) ((void)0)
 #endif
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
-    && !defined(FASTXENT_NO_CLONES)
+/* Run-time dispatch: target_clones resolves through an IFUNC, which glibc's loader runs and
+ * musl's does not (musl defines no macro of its own: __GLIBC__, set by <math.h> above through
+ * <features.h>, is the test; setup.py also defines FASTXENT_NO_CLONES for musl targets).
+ * GCC takes x86-64 levels; clang (14 and later) gets feature names: it compiles "arch=x86-64-v4"
+ * into a test of the CPU's vendor, never of its features. */
+#if defined(__x86_64__) && defined(__ELF__) && defined(__GLIBC__) && !defined(FASTXENT_NO_CLONES)
+#if defined(__clang__) && __clang_major__ >= 14
+#define FX_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#elif defined(__GNUC__) && !defined(__clang__)
 #define FX_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
+#endif
+#endif
+#ifndef FX_CLONES
 #define FX_CLONES
 #endif
 
