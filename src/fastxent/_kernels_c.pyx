@@ -1,5 +1,3 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
-# cython: cdivision=True, cpow=True, autotestdict=False
 """Compiled softmax / cross-entropy kernels.
 
 Every kernel sees its data as 3-D strided views ``(A, C, B)``: ``C`` is the class axis and each
