@@ -20,7 +20,7 @@ for float32 input. A row whose maximum is not finite (all -inf, or a +inf) is Na
 """
 
 from cython.parallel cimport prange
-from libc.math cimport fabs, log1p, INFINITY, NAN, isinf, isnan
+from libc.math cimport fabs, NAN, isinf
 from libc.stdint cimport (int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t,
                           uint64_t, INT64_MAX)
 
@@ -377,7 +377,8 @@ cdef inline void _add_compensated(double* total, double* c, double v) noexcept n
     total[0] = t
 
 
-cdef inline void _fill_row(floating* g, Py_ssize_t n, Py_ssize_t stride, double value) noexcept nogil:
+cdef inline void _fill_row(floating* g, Py_ssize_t n, Py_ssize_t stride,
+                           double value) noexcept nogil:
     cdef Py_ssize_t c
     for c in range(n):
         g[c * stride] = <floating>value
@@ -387,7 +388,7 @@ def sparse_xent(const floating[:, :, :] x, const label_t[:, :] labels, const dou
                 int64_t ignore_index, bint has_ignore, double smoothing, double[:, :] loss_out,
                 floating[:, :, :] grad_out, double grad_scale, const double[:, :] grad_rows,
                 int n_threads, double z_loss=0.0, double softcap=0.0):
-    """Cross-entropy of logits x (A, C, B) with class-index labels (A, B): forward, backward or both.
+    """Cross-entropy of logits x (A, C, B) with class-index labels (A, B): loss, gradient or both.
 
     loss_out (A, B), float64: per-row losses (0 for ignored rows); always written.
     grad_out (A, C, B) or None: d(sum_r coef_r * loss_r)/dx with coef_r = grad_scale times
