@@ -169,13 +169,24 @@ def _capped(xb: np.ndarray, softcap: float):
     return softcap * np.tanh(u), u
 
 
-def _cap_slope(grad: np.ndarray, u: np.ndarray | None) -> None:
+def _times_cap_slope(grad: np.ndarray, u: np.ndarray | None) -> None:
     """grad *= d(s tanh(x / s))/dx = 1 / cosh^2(x / s), in place (no cancellation near |tanh| = 1,
     exactly 0 for x = +-inf); nothing without a cap."""
     if u is not None:
         ch = np.cosh(u)
         grad /= ch
         grad /= ch
+
+
+def _label_mass(t: np.ndarray, smoothing: float, weight: np.ndarray | None) -> np.ndarray:
+    """q_c = ((1 - eps) t_c + eps / C) w_c in float64 (fx_label_mass of the compiled rows)."""
+    q = t.astype(np.float64)
+    if smoothing != 0.0:
+        q *= 1.0 - smoothing
+        q += smoothing / t.shape[-1]
+    if weight is not None:
+        q *= weight
+    return q
 
 
 def _grad_coefs(grad_scale, grad_rows, sa, sb):
@@ -243,7 +254,7 @@ def sparse_xent(x, labels, weight, ignore_index, has_ignore, smoothing, loss_out
                 g_y = g_y + k * (weight_sum * p_y - w_y)
             g_y = coef * g_y
             np.put_along_axis(grad, idx[..., None], g_y[..., None], axis=-1)
-            _cap_slope(grad, u)
+            _times_cap_slope(grad, u)
             grad[~st.finite] = np.nan
             grad[ignored] = 0.0
             grad[bad] = np.nan
@@ -257,12 +268,7 @@ def dense_xent(x, labels, weight, smoothing, loss_out, grad_out, grad_scale, gra
     with np.errstate(all="ignore"):
         for sa, sb in _blocks(x.shape):
             xb, u = _capped(_rows(x, sa, sb), softcap)
-            q = _rows(labels, sa, sb).astype(np.float64)
-            if smoothing != 0.0:
-                q *= 1.0 - smoothing
-                q += smoothing / n_classes
-            if weight is not None:
-                q *= weight
+            q = _label_mass(_rows(labels, sa, sb), smoothing, weight)
             st = _RowStats(xb)
             mass = q.sum(axis=-1)
             # sum_c q_c (x_c - m), where q_c = 0 contributes 0 (also for x_c = -inf)
@@ -297,6 +303,6 @@ def dense_xent(x, labels, weight, smoothing, loss_out, grad_out, grad_scale, gra
                 rest_frac = st.s_rest.reshape(-1)[rows] * st.inv_s.reshape(-1)[rows]
                 grad.reshape(-1)[at_max] = (coef.reshape(-1)[rows]
                                             * ((p_r - q_max) - p_r * rest_frac))
-            _cap_slope(grad, u)
+            _times_cap_slope(grad, u)
             grad[~st.finite] = np.nan
             _rows(grad_out, sa, sb)[...] = grad
