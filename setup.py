@@ -172,7 +172,8 @@ class BuildExt(build_ext):
     def _probe_compiler(self) -> None:
         error = self._try_build("int main(void) { return 0; }\n", [], [])
         if error:
-            compiler = (getattr(self.compiler, "compiler_so", None) or [self.compiler.compiler_type])[0]
+            command = getattr(self.compiler, "compiler_so", None) or [self.compiler.compiler_type]
+            compiler = command[0]
             raise BuildFailure(
                 f"no working C compiler: `{compiler}` cannot build a trivial program "
                 f"({error}). fastxent's kernels are C (with OpenMP): install a "

@@ -36,7 +36,8 @@ def exact_losses(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def ulp_errors(result: np.ndarray, exact: np.ndarray, dtype: np.dtype) -> np.ndarray:
     reference = exact.astype(dtype)
     spacing = np.spacing(np.abs(reference)).astype(np.longdouble)
-    return (np.abs(result.astype(np.longdouble) - exact.astype(np.longdouble)) / spacing).astype(float)
+    error = np.abs(result.astype(np.longdouble) - exact.astype(np.longdouble)) / spacing
+    return error.astype(float)
 
 
 def numpy_naive(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -50,7 +51,8 @@ def cases(quick: bool):
     for c in (2, 10, 1000) + (() if quick else (32000, 128256)):
         rows = max(64, n * 10 // c)
         for scale in (1.0, 10.0):
-            yield f"normal*{scale:g}, C={c}", rng.standard_normal((rows, c)) * scale, rng.integers(0, c, rows)
+            yield (f"normal*{scale:g}, C={c}", rng.standard_normal((rows, c)) * scale,
+                   rng.integers(0, c, rows))
         x = rng.standard_normal((rows, c))
         y = rng.integers(0, c, rows)
         x[np.arange(rows), y] += 30.0  # the label dominates: losses near 0
@@ -64,7 +66,8 @@ def main() -> int:
     parser.add_argument("--backend", choices=("compiled", "python"), default=fx.backend,
                         help="fastxent kernel module to measure (default: the one imported)")
     args = parser.parse_args()
-    fx._backend.kernels = importlib.import_module(f"fastxent._kernels_{'c' if args.backend == 'compiled' else 'py'}")
+    suffix = "c" if args.backend == "compiled" else "py"
+    fx._backend.kernels = importlib.import_module(f"fastxent._kernels_{suffix}")
     try:
         import torch
     except ImportError:

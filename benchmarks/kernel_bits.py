@@ -3,7 +3,8 @@
 A refactoring of the kernels must not change a result: build the module before and after
 (``python setup.py build_ext --inplace`` in two checkouts) and run
 
-    python benchmarks/kernel_bits.py BEFORE/src/fastxent/_kernels_c*.so AFTER/src/fastxent/_kernels_c*.so
+    python benchmarks/kernel_bits.py BEFORE/src/fastxent/_kernels_c*.so \
+        AFTER/src/fastxent/_kernels_c*.so
 
 The corpus covers every kernel function, both float dtypes, class counts on the tile path and
 the row path, contiguous, class-axis-1 and Fortran layouts, class weights, ignored and bad

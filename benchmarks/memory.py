@@ -27,7 +27,7 @@ import gc
 import os
 import sys
 import tracemalloc
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 
 def peak_extra_bytes(method: str, fn: Callable[[], object]) -> int | None:

@@ -101,7 +101,8 @@ def main() -> None:
     os.makedirs(args.dir, exist_ok=True)
     t0 = time.perf_counter()
     _write_inputs(args.dir, rows, args.classes, args.block_rows)
-    print(f"inputs: logits ({rows}, {args.classes}) float32 = {rows * args.classes * 4 / 1e9:.2f} GB "
+    print(f"inputs: logits ({rows}, {args.classes}) float32 = "
+          f"{rows * args.classes * 4 / 1e9:.2f} GB "
           f"in {args.dir} ({time.perf_counter() - t0:.0f} s to write)")
 
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
@@ -132,7 +133,8 @@ def main() -> None:
     _, expected = fastxent.cross_entropy_with_grad(np.array(x0), labels[:args.block_rows],
                                                    reduction="sum", grad_output=1.0 / rows)
     stored = np.load(grad_path, mmap_mode="r")[:args.block_rows]
-    print("first block's gradient equals in-memory fastxent:", bool(np.array_equal(stored, expected)))
+    print("first block's gradient equals in-memory fastxent:",
+          bool(np.array_equal(stored, expected)))
     if not args.keep:
         shutil.rmtree(args.dir)
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

@@ -48,15 +48,25 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
-
-import numpy as np
 
 import memory
-from peers import FASTXENT, FASTXENT_OUT, PEERS, QUICK_SHAPES, ROOFLINE, SHAPES, Case, Peer, Skip, \
-    make_data, roofline_bytes
+import numpy as np
+from peers import (
+    FASTXENT,
+    FASTXENT_OUT,
+    PEERS,
+    QUICK_SHAPES,
+    ROOFLINE,
+    SHAPES,
+    Case,
+    Peer,
+    Skip,
+    make_data,
+    roofline_bytes,
+)
 
 try:
     import fastxent
@@ -275,7 +285,8 @@ def _case_cells(c: Case) -> str:
 def summary_table(results: list[Result]) -> str:
     """One line per case: fastxent's time, its distance to the roofline, its speed-ups."""
     lines = ["| case | dtype | labels | mode | threads | fastxent (ms) | out= (ms) | roofline (ms) "
-             "| fastxent / roofline | " + " | ".join(f"{p} / fastxent" for p in PEER_COLUMNS) + " |",
+             "| fastxent / roofline | "
+             + " | ".join(f"{p} / fastxent" for p in PEER_COLUMNS) + " |",
              "|---|---|---|---|---|---:|---:|---:|---:|" + "---:|" * len(PEER_COLUMNS)]
     for case in _cases(results):
         ours, out, roof = (_find(results, case, n) for n in (FASTXENT, FASTXENT_OUT, ROOFLINE))
@@ -285,7 +296,8 @@ def summary_table(results: list[Result]) -> str:
         for peer in PEER_COLUMNS:
             r = _find(results, case, peer)
             cells.append(f"{r.vs_fastxent:.2f}" if r and r.vs_fastxent else "—")
-        lines.append(_case_cells(case) + f"| {_ms(ours.seconds)} | {_ms(out.seconds if out else None)} "
+        lines.append(_case_cells(case) + f"| {_ms(ours.seconds)} | "
+                     f"{_ms(out.seconds if out else None)} "
                      f"| {_ms(roof.seconds if roof else None)} "
                      f"| {ours.vs_roofline:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -308,7 +320,8 @@ def memory_table(results: list[Result]) -> str:
             r = _find(results, case, impl)
             cells.append(_bytes(r.extra_bytes) if r and r.seconds else "—")
         size = math.prod(case.shape) * np.dtype(case.dtype).itemsize
-        lines.append(f"| {case.name} | {case.dtype} | {case.labels} | {case.mode} | {_bytes(size)} | "
+        lines.append(f"| {case.name} | {case.dtype} | {case.labels} | {case.mode} | "
+                     f"{_bytes(size)} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -396,7 +409,8 @@ def machine() -> dict[str, str]:
             "cpus": str(os.cpu_count())}
     try:
         with open("/proc/cpuinfo") as f:
-            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f
+                               if line.startswith("model name"))
     except (OSError, StopIteration):
         info["cpu"] = platform.processor()
     for module in ("torch", "jax", "optax", "sklearn"):
@@ -441,17 +455,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cases", type=_str_list, default=[],
                         help="comma-separated substrings of 'SHAPE DTYPE LABELS MODE tTHREADS', "
                              "e.g. '8192x1000,dense' or 'fused t2'")
-    parser.add_argument("--threads", type=_int_list, default=None, help="e.g. 1,2 (default: 2,1; quick: 2)")
-    parser.add_argument("--dtypes", type=_str_list, default=None, help="float32,float64 (quick: float32)")
+    parser.add_argument("--threads", type=_int_list, default=None,
+                        help="e.g. 1,2 (default: 2,1; quick: 2)")
+    parser.add_argument("--dtypes", type=_str_list, default=None,
+                        help="float32,float64 (quick: float32)")
     parser.add_argument("--repeat", type=int, default=None,
-                        help="least number of timed samples, spread over 4 passes (default 8; quick 4)")
+                        help="least number of timed samples, spread over 4 passes "
+                             "(default 8; quick 4)")
     parser.add_argument("--min-time", type=float, default=None,
                         help="least timed seconds per implementation and case "
                              "(more samples, up to 3x --repeat)")
-    parser.add_argument("--out", type=Path, default=HERE / "results", help="directory for the results")
+    parser.add_argument("--out", type=Path, default=HERE / "results",
+                        help="directory for the results")
     parser.add_argument("--markdown", type=Path, default=None,
                         help="also write the Markdown tables to this file")
-    parser.add_argument("--json", type=Path, default=None, help="also write the raw results to this file")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the raw results to this file")
     args = parser.parse_args(argv)
     args.threads = args.threads or ([2] if args.quick else [2, 1])
     args.dtypes = args.dtypes or (["float32"] if args.quick else ["float32", "float64"])
@@ -466,7 +485,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     md = document(command.strip(), info, results)
     print("\n" + md)
 
-    narrowed = bool(args.cases) or set(args.threads) != {1, 2} or set(args.dtypes) != {"float32", "float64"}
+    narrowed = (bool(args.cases) or set(args.threads) != {1, 2}
+                or set(args.dtypes) != {"float32", "float64"})
     suffix = "-quick" if args.quick else ("-partial" if narrowed else "")
     args.out.mkdir(parents=True, exist_ok=True)
     raw = json.dumps({"machine": info, "command": command.strip(),

@@ -13,8 +13,9 @@ interleaved in one process. Peak extra memory is measured in a fresh subprocess 
 implementation and case: after a warm-up and with the gradients freed, the kernel's
 resident-set high-water mark is reset (``/proc/self/clear_refs``), one more run is made, and the
 peak (``VmHWM``) minus the resident set before the run is reported: the scratch memory of the
-run plus the gradients it leaves in ``.grad`` (the same for both). That counts every allocator (PyTorch's CPU allocator and
-NumPy's, which fastxent's buffers come from) — tracemalloc would see only NumPy's.
+run plus the gradients it leaves in ``.grad`` (the same for both). That counts every allocator
+(PyTorch's CPU allocator and NumPy's, which fastxent's buffers come from) — tracemalloc would
+see only NumPy's.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -158,9 +159,10 @@ def main() -> None:
         return
     argv = [a for a in sys.argv[1:]]
     mb = 1 << 20
+    logits_mb = args.rows * args.classes * torch.finfo(getattr(torch, args.dtype)).bits // 8 / mb
     print(f"fastxent {fastxent.__version__} ({fastxent.backend}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; logits ({args.rows}, {args.classes}) {args.dtype} "
-          f"= {args.rows * args.classes * torch.finfo(getattr(torch, args.dtype)).bits // 8 / mb:.0f} MB")
+          f"= {logits_mb:.0f} MB")
     print(f"{'case':<26}{'fastxent':>12}{'torch':>12}{'speed-up':>10}"
           f"{'peak extra fastxent':>22}{'torch':>10}{'saved':>10}")
     for case, label in [("loss", "loss forward+backward"), ("step", "training step")]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -42,7 +42,8 @@ def _examples() -> list[tuple[str, object, object, float]]:
          fx.softmax_cross_entropy_with_logits(tf_dense_labels, tf_dense_logits).tolist(),
          [0.16984604, 0.82474494], 2.5e-7),
         ("tf.nn.sparse_softmax_cross_entropy_with_logits doc example, float32",
-         fx.sparse_softmax_cross_entropy_with_logits(np.array([0, 3, 1]), tf_sparse_logits).tolist(),
+         fx.sparse_softmax_cross_entropy_with_logits(np.array([0, 3, 1]),
+                                                     tf_sparse_logits).tolist(),
          [0.29750752, 1.1448325, 0.0], 2.5e-7),
         ("a tiny loss survives: cross_entropy([40, 0], 0), float64",
          float(fx.cross_entropy(np.array([40.0, 0.0]), 0)), 4.248354255291589e-18, 1e-15),
@@ -115,7 +116,8 @@ def main() -> int:
     for description, got, expected, tolerance in _examples():
         ok = bool(np.allclose(got, expected, rtol=tolerance, atol=0.0))
         failures += not ok
-        print(f"  [{'ok' if ok else 'FAIL'}] {description}\n         got {got}  published {expected}")
+        print(f"  [{'ok' if ok else 'FAIL'}] {description}\n"
+              f"         got {got}  published {expected}")
     _timing()
     if failures:
         print(f"\n{failures} example(s) did not match", file=sys.stderr)
