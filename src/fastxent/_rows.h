@@ -38,6 +38,17 @@
 #define FX_CLONES
 #endif
 
+/* Note [strided bits]: GCC contracts multiplies and adds into FMAs across statements
+ * (-ffp-contract=fast) after inlining, so where it does depends on the context a function is
+ * inlined into: a function that must compute the same bits for every caller is kept out of
+ * line. clang contracts within one expression only (-ffp-contract=on), the same in every
+ * context, and refuses noinline on a target_clones function; MSVC does not contract. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define FX_SAME_BITS_FOR_EVERY_CALLER __attribute__((noinline))
+#else
+#define FX_SAME_BITS_FOR_EVERY_CALLER
+#endif
+
 #define FX_LANES 16     /* partial sums per reduction */
 #define FX_SUM_BLOCK 32 /* terms a lane sums before adding them to an outer partial sum */
 #define FX_MAX_LANES 64 /* partial maxima: several vectors in flight hide the latency */

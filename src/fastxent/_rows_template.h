@@ -54,11 +54,10 @@ static inline void FX_NAME(fx_exp_sum_block)(const FX_T *x, double m, FX_T *e, d
 /* Every exp sum runs this one body, on a contiguous row or on a block gathered from a strided
  * one: acc[j] (+ comp[j]) += exp(x - m) and count[j] += (x == m) over x[0..n) (n a multiple of
  * FX_LANES), and e = exp(x - m) when e is not NULL (e may be x); pf_x, pf_e (or NULL) are
- * prefetched alongside. Not inlined, so that its arithmetic is compiled once per clone: where it
- * is contracted into FMAs depends on the context it is compiled in and on the build's flags, and
+ * prefetched alongside. It computes the same bits for every caller (FX_SAME_BITS_FOR_EVERY_CALLER):
  * a strided row must give the bits of a contiguous one (Note [strided bits]). The sums are local
  * (acc may alias e for double data). */
-FX_CLONES __attribute__((noinline)) static void FX_NAME(fx_exp_sum_span)(
+FX_CLONES FX_SAME_BITS_FOR_EVERY_CALLER static void FX_NAME(fx_exp_sum_span)(
     const FX_T *x, ptrdiff_t n, double m, FX_T *e, double *acc_io, double *comp_io,
     double *count_io, const char *pf_x, char *pf_e)
 {
