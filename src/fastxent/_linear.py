@@ -237,7 +237,10 @@ def _vocab_chunked(h, w, b, labels, ignore, smoothing, z, cap, reduction, denomi
     x_y = np.zeros(n)
     row_sum = np.zeros(n)
     counted = labels != ignore if ignore is not None else np.ones(n, dtype=bool)
-    y = np.where(counted, labels, -1).astype(np.int64)
+    # -1 (no column) for an ignored row, written into the int64 copy: np.where(counted, labels, -1)
+    # would give -1 the labels' dtype, which NumPy >= 2.5 refuses for unsigned labels.
+    y = labels.astype(np.int64)
+    y[~counted] = -1
 
     def logits(v0, v1, out):
         np.matmul(h, w[v0:v1].T, out=out)
