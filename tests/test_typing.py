@@ -1,10 +1,10 @@
 """The public API is typed precisely, and the typing check covers all of it.
 
-`.ci/run` runs ``mypy --strict`` on ``tests/typing/user_script.py``, whose ``assert_type`` calls
-fail on a result typed ``Any``; these tests make sure that script calls every public function,
-and that no public signature leaves a parameter or a result unannotated (``Any`` to a type
-checker) or annotated ``Any`` (``np.floating[Any]``, NumPy's own spelling of "any precision", is
-the one ``Any`` allowed).
+`.ci/run` runs ``mypy --strict`` on ``tests/typecheck/user_script.py``, whose ``assert_type``
+calls fail on a result typed ``Any``; these tests make sure that script calls every public
+function, and that no public signature leaves a parameter or a result unannotated (``Any`` to a
+type checker) or annotated ``Any`` (``np.floating[Any]``, NumPy's own spelling of "any
+precision", is the one ``Any`` allowed).
 """
 
 import inspect
@@ -13,7 +13,7 @@ import re
 
 import fastxent
 
-SCRIPT = pathlib.Path(__file__).resolve().parent / "typing" / "user_script.py"
+SCRIPT = pathlib.Path(__file__).resolve().parent / "typecheck" / "user_script.py"
 
 
 def _public_callables():
