@@ -308,6 +308,26 @@ def test_a_softcap_far_above_the_logits_changes_nothing(backend, dtype, each_pat
         _close(got, want, 8 * eps)
 
 
+@pytest.mark.parametrize("label_dtype", [np.uint8, np.uint16, np.uint32, np.uint64])
+def test_unsigned_targets_with_ignored_rows_on_each_path(backend, dtype, each_path, label_dtype):
+    # an unsigned target with an ignore_index it can hold gives the bits of the int64 target with
+    # another ignore_index: the ignored rows' "no column" mark is never written in the labels' dtype
+    chunk_size, check_path = each_path
+    rng = np.random.default_rng(8)
+    hidden, weight, bias, target = _inputs(rng, dtype)
+    assert (target < 0).any()
+    unsigned = np.where(target < 0, 250, target).astype(label_dtype)
+    for reduction in ("mean", "none"):
+        got = fastxent.linear_cross_entropy_with_grad(hidden, weight, unsigned, bias=bias,
+                                                      ignore_index=250, reduction=reduction,
+                                                      chunk_size=chunk_size)
+        want = fastxent.linear_cross_entropy_with_grad(hidden, weight, target, bias=bias,
+                                                       reduction=reduction, chunk_size=chunk_size)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+    check_path()
+
+
 def test_an_ignored_row_whose_logits_overflow_has_no_effect(backend, dtype, each_path):
     # "0 loss, 0 gradient, whatever its logits": its lse is inf, and 0 * inf must not become a
     # NaN that G.T @ hidden spreads over all of grad_weight

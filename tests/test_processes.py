@@ -11,6 +11,17 @@ import pytest
 import fastxent
 
 
+# Forking a process that has threads is what these tests are about: the parent has OpenMP's
+# workers, NumPy's BLAS threads, and in one test a Python thread inside a parallel call, and the
+# child must still compute (serially, with the parent's bits). CPython >= 3.12 warns about every
+# such fork in the parent (the child may deadlock in code that is not fork-safe); here that
+# warning, and no other, is expected. The message is CPython's, for fork() and forkpty().
+forks_a_threaded_process = pytest.mark.filterwarnings(
+    r"ignore:This process \(pid=\d+\) is multi-threaded, use of fork(pty)?\(\) may lead to "
+    r"deadlocks in the child\.:DeprecationWarning"
+)
+
+
 def _child_loss(queue, logits, labels):
     loss, grad = fastxent.cross_entropy_with_grad(logits, labels, n_threads=2)
     queue.put((float(loss), float(np.abs(grad).sum())))
@@ -32,6 +43,7 @@ def _forked(target, args, timeout):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="fork start method is POSIX only")
+@forks_a_threaded_process
 def test_forked_child_after_parallel_calls_does_not_hang(backend, dtype):
     rng = np.random.default_rng(3)
     logits = rng.standard_normal((20000, 64)).astype(dtype)
@@ -74,6 +86,7 @@ def _pool_task(args):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="fork start method is POSIX only")
+@forks_a_threaded_process
 def test_fork_pool_after_parallel_calls_does_not_hang_and_matches(backend):
     """A Pool forked (fork start method) after parallel kernels: every worker computes, each
     call gives the parent's bits, and a hang fails after a timeout instead of blocking."""
@@ -108,6 +121,7 @@ def _grandchild(queue, logits, labels):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="fork start method is POSIX only")
+@forks_a_threaded_process
 def test_fork_while_another_thread_runs_a_parallel_call_then_fork_again(backend):
     """Fork while a parallel call is running in another thread, and fork again in the child."""
     rng = np.random.default_rng(6)
@@ -137,6 +151,7 @@ def test_fork_while_another_thread_runs_a_parallel_call_then_fork_again(backend)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="fork start method is POSIX only")
+@forks_a_threaded_process
 def test_forked_child_after_another_librarys_parallel_work_does_not_hang(backend):
     # PyTorch's matmul runs on the OpenMP runtime fastxent shares: its idle pool makes a forked
     # child's first parallel region wait forever, though fastxent itself never ran one

@@ -8,9 +8,11 @@ costs no transposed copy.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, Union, overload
 
 import numpy as np
+import numpy.typing as npt
+from numpy.typing import ArrayLike
 
 from . import _backend
 from . import _validation as check
@@ -22,7 +24,13 @@ __all__ = [
     "cross_entropy", "cross_entropy_with_grad", "CrossEntropyLoss",
 ]
 
-ArrayLike = Any
+#: The values of ``reduction`` (``_validation.reduction`` accepts exactly these).
+Reduction = Literal["mean", "sum", "none"]
+#: A floating array: float16, float32 or float64, the dtype the inputs' computation returns.
+FloatArray = npt.NDArray[np.floating[Any]]
+#: A loss: an array, or a NumPy scalar where the loss has no axes (a reduction, or the loss of
+#: one row of logits).
+Loss = Union[FloatArray, np.floating[Any]]
 
 
 # ------------------------------------------------------------------------------------------
@@ -95,7 +103,7 @@ def _as_read(original: Any, converted: np.ndarray | None) -> Any:
     return original if isinstance(original, np.ndarray) or converted is None else converted
 
 
-def _scalar(value: float, dtype: np.dtype) -> np.generic:
+def _scalar(value: float, dtype: np.dtype) -> np.floating[Any]:
     if dtype.itemsize > 4 or (dtype.itemsize == 4 and abs(value) <= _FLOAT32_MAX):  # no errstate
         return dtype.type(value)
     with np.errstate(over="ignore"):  # rounding to float32 may overflow to inf, like the rows
@@ -109,7 +117,7 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Normalisers
 # ------------------------------------------------------------------------------------------
 
-def _normaliser(kernel_name: str, x: ArrayLike, axis: int, out: Any, n_threads: Any) -> np.ndarray:
+def _normaliser(kernel_name: str, x: ArrayLike, axis: int, out: Any, n_threads: Any) -> FloatArray:
     arr, result = check.float_array(x, "x")
     check.at_least_1d(arr, "x")
     ax = check.normalise_axis(axis, arr.ndim)
@@ -123,8 +131,8 @@ def _normaliser(kernel_name: str, x: ArrayLike, axis: int, out: Any, n_threads: 
     return res.finish()
 
 
-def softmax(x: ArrayLike, axis: int = -1, *, out: np.ndarray | None = None,
-            n_threads: int | None = None) -> np.ndarray:
+def softmax(x: ArrayLike, axis: int = -1, *, out: FloatArray | None = None,
+            n_threads: int | None = None) -> FloatArray:
     """Softmax along ``axis``: ``exp(x - logsumexp(x, axis))``, as ``scipy.special.softmax``.
 
     Rows whose maximum is not finite (all -inf, or a +inf) are NaN. ``out`` may be ``x`` itself.
@@ -135,8 +143,8 @@ def softmax(x: ArrayLike, axis: int = -1, *, out: np.ndarray | None = None,
     return _normaliser("softmax", x, axis, out, n_threads)
 
 
-def log_softmax(x: ArrayLike, axis: int = -1, *, out: np.ndarray | None = None,
-                n_threads: int | None = None) -> np.ndarray:
+def log_softmax(x: ArrayLike, axis: int = -1, *, out: FloatArray | None = None,
+                n_threads: int | None = None) -> FloatArray:
     """Log-softmax along ``axis``: ``x - logsumexp(x, axis)``, as ``scipy.special.log_softmax``.
 
     >>> log_softmax(np.array([1.0, 2.0, 3.0]))
@@ -145,8 +153,8 @@ def log_softmax(x: ArrayLike, axis: int = -1, *, out: np.ndarray | None = None,
     return _normaliser("log_softmax", x, axis, out, n_threads)
 
 
-def logsumexp(x: ArrayLike, axis: int = -1, *, out: np.ndarray | None = None,
-              n_threads: int | None = None) -> np.ndarray | np.generic:
+def logsumexp(x: ArrayLike, axis: int = -1, *, out: FloatArray | None = None,
+              n_threads: int | None = None) -> Loss:
     """``log(sum(exp(x), axis))`` computed stably, as ``scipy.special.logsumexp`` for one axis.
 
     A row of -inf gives -inf, a +inf gives +inf, a NaN gives NaN. The result has ``x.shape``
@@ -197,9 +205,9 @@ def _shift_for_mean(weight: np.ndarray, total: float, n_rows: int) -> int:
 
 
 def _run(problem: _Problem, labels: np.ndarray, sparse: bool, *, weight: np.ndarray | None,
-         ignore_index: int | None, smoothing: float, reduction: str, grad: _Result | None,
+         ignore_index: int | None, smoothing: float, reduction: Reduction, grad: _Result | None,
          grad_output: Any, n_threads: int, z_loss: float = 0.0,
-         softcap: float = 0.0) -> np.ndarray | np.generic:
+         softcap: float = 0.0) -> Loss:
     """Validate the labels against the classes, run the fused kernel, reduce the loss.
 
     ``z_loss`` and ``softcap`` (0.0: off) reach the kernels only when set, so the plain calls
@@ -302,7 +310,7 @@ def _tf_call(labels, logits, axis, out, n_threads, with_grad, sparse):
 
 
 def softmax_cross_entropy_with_logits(labels: ArrayLike, logits: ArrayLike, axis: int = -1, *,
-                                      n_threads: int | None = None) -> np.ndarray | np.generic:
+                                      n_threads: int | None = None) -> Loss:
     """Per-example cross-entropy with dense labels, as ``tf.nn.softmax_cross_entropy_with_logits``.
 
     ``loss = sum_c labels_c * (logsumexp(logits) - logits_c)`` along ``axis``; ``labels`` has the
@@ -316,8 +324,9 @@ def softmax_cross_entropy_with_logits(labels: ArrayLike, logits: ArrayLike, axis
 
 
 def softmax_cross_entropy_with_logits_and_grad(labels: ArrayLike, logits: ArrayLike, axis: int = -1, *,
-                                               out: np.ndarray | None = None,
-                                               n_threads: int | None = None):
+                                               out: FloatArray | None = None,
+                                               n_threads: int | None = None
+                                               ) -> tuple[Loss, FloatArray]:
     """``(loss, backprop)``: the per-example loss and its gradient w.r.t. ``logits``, fused.
 
     ``backprop = (sum labels) * softmax(logits) - labels``: the true gradient of the summed loss
@@ -328,7 +337,7 @@ def softmax_cross_entropy_with_logits_and_grad(labels: ArrayLike, logits: ArrayL
 
 
 def sparse_softmax_cross_entropy_with_logits(labels: ArrayLike, logits: ArrayLike, *,
-                                             n_threads: int | None = None) -> np.ndarray | np.generic:
+                                             n_threads: int | None = None) -> Loss:
     """Per-example cross-entropy with class-index labels, as
     ``tf.nn.sparse_softmax_cross_entropy_with_logits``: ``logsumexp(logits) - logits[labels]``.
 
@@ -345,8 +354,9 @@ def sparse_softmax_cross_entropy_with_logits(labels: ArrayLike, logits: ArrayLik
 
 
 def sparse_softmax_cross_entropy_with_logits_and_grad(labels: ArrayLike, logits: ArrayLike, *,
-                                                      out: np.ndarray | None = None,
-                                                      n_threads: int | None = None):
+                                                      out: FloatArray | None = None,
+                                                      n_threads: int | None = None
+                                                      ) -> tuple[Loss, FloatArray]:
     """``(loss, backprop)`` with ``backprop = softmax(logits) - one_hot(labels)``, fused in one pass
     over the logits, as ``tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits``."""
     return _tf_call(labels, logits, -1, out, n_threads, with_grad=True, sparse=True)
@@ -388,11 +398,25 @@ def _torch_call(input, target, weight, ignore_index, reduction, label_smoothing,
     return (loss, grad.finish()) if with_grad else loss
 
 
+# A reduction gives a NumPy scalar; reduction="none" an array of the loss's shape (a scalar for
+# 1-D input); a reduction known only as a Reduction, either.
+@overload
 def cross_entropy(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
-                  ignore_index: int = check.IGNORE_INDEX_DEFAULT, reduction: str = "mean",
+                  ignore_index: int = check.IGNORE_INDEX_DEFAULT,
+                  reduction: Literal["mean", "sum"] = "mean", label_smoothing: float = 0.0,
+                  z_loss: float = 0.0, softcap: float | None = None,
+                  n_threads: int | None = None) -> np.floating[Any]: ...
+@overload
+def cross_entropy(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
+                  ignore_index: int = check.IGNORE_INDEX_DEFAULT, reduction: Reduction,
                   label_smoothing: float = 0.0, z_loss: float = 0.0,
-                  softcap: float | None = None,
-                  n_threads: int | None = None) -> np.ndarray | np.generic:
+                  softcap: float | None = None, n_threads: int | None = None) -> Loss: ...
+
+
+def cross_entropy(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
+                  ignore_index: int = check.IGNORE_INDEX_DEFAULT, reduction: Reduction = "mean",
+                  label_smoothing: float = 0.0, z_loss: float = 0.0,
+                  softcap: float | None = None, n_threads: int | None = None) -> Loss:
     """Cross-entropy of logits, as ``torch.nn.functional.cross_entropy``.
 
     ``input`` is ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)`` (classes on axis 1, or 0 for 1-D).
@@ -416,11 +440,30 @@ def cross_entropy(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | No
                        with_grad=False, z_loss=z_loss, softcap=softcap)
 
 
+@overload
 def cross_entropy_with_grad(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
-                            ignore_index: int = check.IGNORE_INDEX_DEFAULT, reduction: str = "mean",
+                            ignore_index: int = check.IGNORE_INDEX_DEFAULT,
+                            reduction: Literal["mean", "sum"] = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
+                            softcap: float | None = None, grad_output: ArrayLike = 1.0,
+                            out: FloatArray | None = None, n_threads: int | None = None
+                            ) -> tuple[np.floating[Any], FloatArray]: ...
+@overload
+def cross_entropy_with_grad(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
+                            ignore_index: int = check.IGNORE_INDEX_DEFAULT,
+                            reduction: Reduction,
                             label_smoothing: float = 0.0, z_loss: float = 0.0,
                             softcap: float | None = None, grad_output: ArrayLike = 1.0,
-                            out: np.ndarray | None = None, n_threads: int | None = None):
+                            out: FloatArray | None = None, n_threads: int | None = None
+                            ) -> tuple[Loss, FloatArray]: ...
+
+
+def cross_entropy_with_grad(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
+                            ignore_index: int = check.IGNORE_INDEX_DEFAULT,
+                            reduction: Reduction = "mean",
+                            label_smoothing: float = 0.0, z_loss: float = 0.0,
+                            softcap: float | None = None, grad_output: ArrayLike = 1.0,
+                            out: FloatArray | None = None, n_threads: int | None = None
+                            ) -> tuple[Loss, FloatArray]:
     """``(loss, grad)``: ``cross_entropy`` and ``d(grad_output * loss) / d input``, fused.
 
     ``grad_output`` is a scalar for ``mean``/``sum`` and an array of the loss's shape (or
@@ -442,9 +485,9 @@ class CrossEntropyLoss:
     """
 
     def __init__(self, weight: ArrayLike | None = None,
-                 ignore_index: int = check.IGNORE_INDEX_DEFAULT, reduction: str = "mean",
-                 label_smoothing: float = 0.0, z_loss: float = 0.0,
-                 softcap: float | None = None) -> None:
+                 ignore_index: int = check.IGNORE_INDEX_DEFAULT, reduction: Reduction = "mean",
+                 label_smoothing: float = 0.0,
+                 z_loss: float = 0.0, softcap: float | None = None) -> None:
         w = check.class_weight(weight, None)
         self.weight = None if w is None else w.copy()  # the caller's array may change later
         self.ignore_index = check.ignore_index(ignore_index)
@@ -454,13 +497,15 @@ class CrossEntropyLoss:
         check.softcap(softcap)
         self.softcap = None if softcap is None else float(softcap)
 
-    def __call__(self, input: ArrayLike, target: ArrayLike, *, n_threads: int | None = None):
+    def __call__(self, input: ArrayLike, target: ArrayLike, *,
+                 n_threads: int | None = None) -> Loss:
         return cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
                              reduction=self.reduction, label_smoothing=self.label_smoothing,
                              z_loss=self.z_loss, softcap=self.softcap, n_threads=n_threads)
 
     def with_grad(self, input: ArrayLike, target: ArrayLike, grad_output: ArrayLike = 1.0, *,
-                  out: np.ndarray | None = None, n_threads: int | None = None):
+                  out: FloatArray | None = None,
+                  n_threads: int | None = None) -> tuple[Loss, FloatArray]:
         """``(loss, grad)`` as ``cross_entropy_with_grad``."""
         return cross_entropy_with_grad(input, target, weight=self.weight,
                                        ignore_index=self.ignore_index, reduction=self.reduction,

@@ -131,11 +131,13 @@ def log_softmax(x: np.ndarray, out: np.ndarray, n_threads: int) -> None:
 
 def _class_indices(labels: np.ndarray, n_classes: int, ignore_index: int, has_ignore: bool):
     """(index as int64 with 0 where not a class, ignored mask, bad mask) of a label block."""
+    idx = labels.astype(np.int64)
     if labels.dtype == np.uint64:
+        # A uint64 label above int64's maximum is no class: the cast wrapped it to a negative
+        # value, which is replaced by -1 in the int64 array (never written into the uint64 one,
+        # where NumPy >= 2.5 rejects a negative Python int), and it is marked bad below.
         too_big = labels > np.iinfo(np.int64).max
-        idx = np.where(too_big, -1, labels).astype(np.int64)
-    else:
-        idx = labels.astype(np.int64)
+        idx[too_big] = -1
     ignored = (idx == ignore_index) if has_ignore else np.zeros(idx.shape, dtype=bool)
     bad = ~ignored & ((idx < 0) | (idx >= n_classes))
     if labels.dtype == np.uint64:

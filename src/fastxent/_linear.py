@@ -37,17 +37,16 @@ The same code runs on both backends: the fallback's ``sparse_xent`` chunks in Nu
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _backend
 from . import _validation as check
-from ._api import _scalar, _threads
+from ._api import FloatArray, Loss, Reduction, _scalar, _threads
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad", "CHUNK_BUDGET", "chunk_rows"]
-
-ArrayLike = Any
 
 #: scratch bytes a call aims for (logits buffer + gradient temporary), see the module docstring
 CHUNK_BUDGET = 24 * 2**20
@@ -237,7 +236,10 @@ def _vocab_chunked(h, w, b, labels, ignore, smoothing, z, cap, reduction, denomi
     x_y = np.zeros(n)
     row_sum = np.zeros(n)
     counted = labels != ignore if ignore is not None else np.ones(n, dtype=bool)
-    y = np.where(counted, labels, -1).astype(np.int64)
+    # -1 (no column) for an ignored row, written into the int64 copy: np.where(counted, labels, -1)
+    # would give -1 the labels' dtype, which NumPy >= 2.5 refuses for unsigned labels.
+    y = labels.astype(np.int64)
+    y[~counted] = -1
 
     def logits(v0, v1, out):
         np.matmul(h, w[v0:v1].T, out=out)
@@ -318,12 +320,36 @@ def _vocab_chunked(h, w, b, labels, ignore, smoothing, z, cap, reduction, denomi
                    grad_b)
 
 
+# A reduction gives a NumPy scalar, reduction="none" an array of shape (N,).
+@overload
 def linear_cross_entropy(hidden: ArrayLike, weight: ArrayLike, target: ArrayLike, *,
                          bias: ArrayLike | None = None, ignore_index: int = -100,
-                         reduction: str = "mean", label_smoothing: float = 0.0,
+                         reduction: Literal["mean", "sum"] = "mean", label_smoothing: float = 0.0,
                          z_loss: float = 0.0, softcap: float | None = None,
                          chunk_size: int | None = None,
-                         n_threads: int | None = None) -> np.ndarray | np.generic:
+                         n_threads: int | None = None) -> np.floating[Any]: ...
+@overload
+def linear_cross_entropy(hidden: ArrayLike, weight: ArrayLike, target: ArrayLike, *,
+                         bias: ArrayLike | None = None, ignore_index: int = -100,
+                         reduction: Literal["none"], label_smoothing: float = 0.0,
+                         z_loss: float = 0.0, softcap: float | None = None,
+                         chunk_size: int | None = None,
+                         n_threads: int | None = None) -> FloatArray: ...
+@overload
+def linear_cross_entropy(hidden: ArrayLike, weight: ArrayLike, target: ArrayLike, *,
+                         bias: ArrayLike | None = None, ignore_index: int = -100,
+                         reduction: Reduction, label_smoothing: float = 0.0,
+                         z_loss: float = 0.0, softcap: float | None = None,
+                         chunk_size: int | None = None,
+                         n_threads: int | None = None) -> Loss: ...
+
+
+def linear_cross_entropy(hidden: ArrayLike, weight: ArrayLike, target: ArrayLike, *,
+                         bias: ArrayLike | None = None, ignore_index: int = -100,
+                         reduction: Reduction = "mean", label_smoothing: float = 0.0,
+                         z_loss: float = 0.0, softcap: float | None = None,
+                         chunk_size: int | None = None,
+                         n_threads: int | None = None) -> Loss:
     """``cross_entropy(hidden @ weight.T + bias, target, ...)`` without the ``(N, V)`` logits.
 
     hidden ``(N, H)``, weight ``(V, H)`` (the output layer, PyTorch's ``nn.Linear(H, V).weight``),
@@ -341,12 +367,33 @@ def linear_cross_entropy(hidden: ArrayLike, weight: ArrayLike, target: ArrayLike
                         z_loss, softcap, chunk_size, n_threads, with_grad=False)
 
 
+# Three results without a bias, four with one (its gradient last).
+@overload
 def linear_cross_entropy_with_grad(hidden: ArrayLike, weight: ArrayLike, target: ArrayLike, *,
-                                   bias: ArrayLike | None = None, ignore_index: int = -100,
-                                   reduction: str = "mean", label_smoothing: float = 0.0,
+                                   bias: None = None, ignore_index: int = -100,
+                                   reduction: Reduction = "mean", label_smoothing: float = 0.0,
                                    z_loss: float = 0.0, softcap: float | None = None,
                                    grad_output: ArrayLike = 1.0, chunk_size: int | None = None,
-                                   n_threads: int | None = None) -> tuple[Any, ...]:
+                                   n_threads: int | None = None
+                                   ) -> tuple[Loss, FloatArray, FloatArray]: ...
+@overload
+def linear_cross_entropy_with_grad(hidden: ArrayLike, weight: ArrayLike, target: ArrayLike, *,
+                                   bias: ArrayLike, ignore_index: int = -100,
+                                   reduction: Reduction = "mean", label_smoothing: float = 0.0,
+                                   z_loss: float = 0.0, softcap: float | None = None,
+                                   grad_output: ArrayLike = 1.0, chunk_size: int | None = None,
+                                   n_threads: int | None = None
+                                   ) -> tuple[Loss, FloatArray, FloatArray, FloatArray]: ...
+
+
+def linear_cross_entropy_with_grad(hidden: ArrayLike, weight: ArrayLike, target: ArrayLike, *,
+                                   bias: ArrayLike | None = None, ignore_index: int = -100,
+                                   reduction: Reduction = "mean", label_smoothing: float = 0.0,
+                                   z_loss: float = 0.0, softcap: float | None = None,
+                                   grad_output: ArrayLike = 1.0, chunk_size: int | None = None,
+                                   n_threads: int | None = None
+                                   ) -> tuple[Loss, FloatArray, FloatArray] | tuple[
+                                       Loss, FloatArray, FloatArray, FloatArray]:
     """``(loss, grad_hidden, grad_weight)``, plus ``grad_bias`` when ``bias`` is given: the loss of
     ``linear_cross_entropy`` and the gradients of ``grad_output * loss``, fused chunk by chunk.
 

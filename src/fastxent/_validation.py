@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -201,10 +201,10 @@ def class_weight(weight: Any, n_classes: int | None) -> np.ndarray | None:
     return arr
 
 
-def reduction(value: Any) -> str:
+def reduction(value: Any) -> Literal["mean", "sum", "none"]:
     if not isinstance(value, str) or value not in REDUCTIONS:
         raise ValueError(f"reduction must be one of 'mean', 'sum', 'none'; got {value!r}")
-    return value
+    return cast(Literal["mean", "sum", "none"], value)  # one of REDUCTIONS
 
 
 def label_smoothing(value: Any) -> float:
