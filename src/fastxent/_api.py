@@ -333,8 +333,8 @@ def _torch_call(problem, input, target, weight, options, n_threads, with_grad, g
     nt = _backend.effective_n_threads(n_threads)
     t = np.asarray(target)
     sparse = check.target_is_class_indices(t.dtype, t.shape, x.shape, ax, options.ignore_index)
-    if sparse:
-        labels = check.sparse_labels(t, problem.loss_shape, "input", x.shape, "target")
+    if sparse:  # integers of the loss's shape: target_is_class_indices checked both
+        labels = check.kernel_ready(t)
     else:
         labels = check.dense_labels(t, x.shape, x.dtype, "input", "target (class probabilities)")
     grad = None

@@ -33,6 +33,7 @@ class _DefaultIgnoreIndex(int):
 #: its type, so that an ``ignore_index`` passed with class probabilities (where no target can be
 #: ignored) is an error rather than silently ignored.
 IGNORE_INDEX_DEFAULT: int = _DefaultIgnoreIndex(-100)
+_FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
 _INT64 = np.iinfo(np.int64)
 _INT64_MIN, _INT64_MAX = int(_INT64.min), int(_INT64.max)
 
@@ -67,6 +68,8 @@ def float_array(x: Any, name: str) -> tuple[np.ndarray, np.dtype]:
     float16, float64 for integers and bool, long double for long double).
     """
     arr = np.asarray(x)
+    if arr.dtype is _FLOAT32 or arr.dtype is _FLOAT64:  # native: the common case, checked fast
+        return kernel_ready(arr), arr.dtype
     kind = arr.dtype.kind
     if kind == "f":
         result = arr.dtype.newbyteorder("=")
