@@ -228,8 +228,8 @@ def class_weight(weight: Any, n_classes: int | None) -> np.ndarray | None:
     if n_classes is None:
         if arr.ndim != 1:
             raise ValueError(f"weight must have shape (C,), one per class; got shape {arr.shape}")
-    elif arr.shape != (n_classes,):
-        raise ValueError(f"weight must have shape ({n_classes},), one per class; got shape {arr.shape}")
+    else:
+        weight_classes(arr, n_classes)
     arr = np.ascontiguousarray(arr, dtype=np.float64)
     if not np.isfinite(arr).all():
         raise ValueError("weight must be finite; got a NaN or infinite weight")
@@ -239,7 +239,8 @@ def class_weight(weight: Any, n_classes: int | None) -> np.ndarray | None:
 
 
 def weight_classes(weight: np.ndarray | None, n_classes: int) -> None:
-    """A weight checked by ``class_weight(weight, None)`` has one entry per class."""
+    """A weight (as ``class_weight`` returns it, or an array being checked by it) has one
+    entry per class."""
     if weight is not None and weight.shape != (n_classes,):
         raise ValueError(f"weight must have shape ({n_classes},), one per class; got shape "
                          f"{weight.shape}")
