@@ -121,6 +121,42 @@ def test_loss_object_checks_its_weight_when_built(weight, error, message):
         fastxent.CrossEntropyLoss(weight=weight)
 
 
+OPTION_CHECKS = ("class_weight", "ignore_index", "reduction", "label_smoothing", "z_loss",
+                 "softcap")
+
+
+def test_loss_object_checks_its_options_once(monkeypatch):
+    """The options are checked when the object is built, never again when it is called; the
+    functions check them on every call (so the spies below see what they should)."""
+    from fastxent import _validation
+
+    calls = []
+    for name in OPTION_CHECKS:
+        original = getattr(_validation, name)
+        monkeypatch.setattr(_validation, name,
+                            lambda *a, _name=name, _original=original: calls.append(_name)
+                            or _original(*a))
+    options = dict(weight=[1.0, 2.0, 3.0], ignore_index=1, reduction="sum", label_smoothing=0.1,
+                   z_loss=1e-3, softcap=5.0)
+    loss_fn = fastxent.CrossEntropyLoss(**options)
+    assert sorted(calls) == sorted(OPTION_CHECKS)
+    calls.clear()
+    loss_fn(X, [0, 1])
+    loss_fn.with_grad(X, [0, 1], out=np.empty_like(X))
+    assert calls == []
+    fastxent.cross_entropy(X, [0, 1], **options)
+    assert sorted(calls) == sorted(OPTION_CHECKS)
+    calls.clear()
+    loss_fn.reduction = "mean"  # an option set later is checked once, when set
+    assert sorted(calls) == sorted(OPTION_CHECKS) and loss_fn.reduction == "mean"
+    for ours, expected in zip(loss_fn.with_grad(X, [0, 1]), fastxent.cross_entropy_with_grad(
+            X, [0, 1], **{**options, "reduction": "mean"})):
+        np.testing.assert_array_equal(ours, expected)
+    with pytest.raises(ValueError, match="reduction"):
+        loss_fn.reduction = "avg"
+    assert loss_fn.reduction == "mean"
+
+
 def test_loss_object_keeps_its_own_copy_of_the_weight(backend):
     weight = np.array([1.0, 2.0, 3.0])
     loss_fn = fastxent.CrossEntropyLoss(weight=weight)

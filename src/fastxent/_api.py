@@ -8,6 +8,7 @@ costs no transposed copy.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal, Union, overload
 
 import numpy as np
@@ -15,7 +16,9 @@ import numpy.typing as npt
 from numpy.typing import ArrayLike
 
 from . import _backend
+from . import _reduction as rules
 from . import _validation as check
+from ._reduction import LossOptions
 
 __all__ = [
     "softmax", "log_softmax", "logsumexp",
@@ -37,18 +40,9 @@ Loss = Union[FloatArray, np.floating[Any]]
 # Shaping helpers
 # ------------------------------------------------------------------------------------------
 
-def _threads(n_threads: Any) -> int:
-    threads = check.n_threads(n_threads, _backend.kernels.max_threads())
-    if _backend.forked_after_parallel:
-        return 1  # see _backend: OpenMP cannot run in parallel in this forked child
-    if threads > 1:
-        _backend.parallel_used = True
-    return threads
-
-
 def _split(shape: tuple[int, ...], axis: int) -> tuple[int, int, int]:
     """(A, C, B): the sizes before, at and after the class axis."""
-    return check.prod(shape[:axis]), shape[axis], check.prod(shape[axis + 1:])
+    return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
 
 
 def _writable_view(out: np.ndarray, shape3: tuple[int, int, int] | tuple[int, int]) -> np.ndarray | None:
@@ -103,16 +97,6 @@ def _as_read(original: Any, converted: np.ndarray | None) -> Any:
     return original if isinstance(original, np.ndarray) or converted is None else converted
 
 
-def _scalar(value: float, dtype: np.dtype) -> np.floating[Any]:
-    if dtype.itemsize > 4 or (dtype.itemsize == 4 and abs(value) <= _FLOAT32_MAX):  # no errstate
-        return dtype.type(value)
-    with np.errstate(over="ignore"):  # rounding to float32 may overflow to inf, like the rows
-        return dtype.type(value)
-
-
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
 # ------------------------------------------------------------------------------------------
 # Normalisers
 # ------------------------------------------------------------------------------------------
@@ -122,7 +106,7 @@ def _normaliser(kernel_name: str, x: ArrayLike, axis: int, out: Any, n_threads: 
     check.at_least_1d(arr, "x")
     ax = check.normalise_axis(axis, arr.ndim)
     check.n_classes(arr.shape, ax, "x")
-    nt = _threads(n_threads)
+    nt = _backend.effective_n_threads(n_threads)
     read = _as_read(x, arr)
     out = _prepare_out(out, arr.shape, result, {"x": read}, in_place_ok=read)
     shape3 = _split(arr.shape, ax)
@@ -167,7 +151,7 @@ def logsumexp(x: ArrayLike, axis: int = -1, *, out: FloatArray | None = None,
     check.at_least_1d(arr, "x")
     ax = check.normalise_axis(axis, arr.ndim)
     check.n_classes(arr.shape, ax, "x")
-    nt = _threads(n_threads)
+    nt = _backend.effective_n_threads(n_threads)
     out_shape = arr.shape[:ax] + arr.shape[ax + 1:]
     out = _prepare_out(out, out_shape, result, {"x": _as_read(x, arr)})
     a, c, b = _split(arr.shape, ax)
@@ -185,101 +169,79 @@ class _Problem:
     """Validated logits and labels of one loss call, viewed as (A, C, B) rows."""
 
     def __init__(self, logits: np.ndarray, axis: int, result: np.dtype) -> None:
-        self.logits, self.result = logits, result
+        self.logits, self.axis, self.result = logits, axis, result
         self.a, self.c, self.b = _split(logits.shape, axis)
         self.x3 = logits.reshape(self.a, self.c, self.b)
         self.loss_shape = logits.shape[:axis] + logits.shape[axis + 1:]
 
 
-def _any_counted(labels: np.ndarray, ignore_index: int | None) -> bool:
-    """Whether any row's target is not ignored (labels are known to be valid)."""
-    return labels.size > 0 and (ignore_index is None or bool(np.any(labels != ignore_index)))
+def _any_counted(labels: np.ndarray | None, ignore_index: int | None) -> bool:
+    """Whether any class-index target is not ignored (``labels`` are known to be valid; None
+    for probability targets, which count only where there are rows)."""
+    return labels is not None and labels.size > 0 and (
+        ignore_index is None or bool(np.any(labels != ignore_index)))
 
 
-def _shift_for_mean(weight: np.ndarray, total: float, n_rows: int) -> int:
-    """A power of two that brings ``total``, a sum over ``n_rows`` of ``weight``'s values, near 1."""
-    top = int(np.frexp(weight.max())[1])  # weight.max() < 2**top
-    if total == np.inf:  # at most n_rows times the largest weight: bring that below 1
-        return -(top + int(n_rows).bit_length())
-    return min(-int(np.frexp(total)[1]), 1023 - top)  # and no weight may overflow
+def _weight_total(weight: np.ndarray, labels: np.ndarray, n_classes: int, ignore: int,
+                  has_ignore: bool, n_threads: int) -> float:
+    """The total of ``weight`` over the targets not ignored."""
+    return _backend.kernels.sparse_label_check(labels, n_classes, ignore, has_ignore, weight,
+                                               n_threads)[1]
 
 
-def _run(problem: _Problem, labels: np.ndarray, sparse: bool, *, weight: np.ndarray | None,
-         ignore_index: int | None, smoothing: float, reduction: Reduction, grad: _Result | None,
-         grad_output: Any, n_threads: int, z_loss: float = 0.0,
-         softcap: float = 0.0) -> Loss:
-    """Validate the labels against the classes, run the fused kernel, reduce the loss.
-
-    ``z_loss`` and ``softcap`` (0.0: off) reach the kernels only when set, so the plain calls
-    are exactly those of before."""
+def _run(problem: _Problem, labels: np.ndarray, sparse: bool, options: LossOptions,
+         ignore_index: int | None, grad: _Result | None, grad_output: Any,
+         n_threads: int) -> Loss:
+    """Check the labels against the classes, run the fused kernel, reduce the loss by the rules
+    of ``_reduction``. ``ignore_index`` is None when no target can be ignored."""
     kernels = _backend.kernels
     p = problem
-    n_rows = p.a * p.b
+    weight, _, reduction, smoothing, z_loss, softcap = options
     if sparse:
         labels2 = labels.reshape(p.a, p.b)
-        n_bad, weight_total = kernels.sparse_label_check(
-            labels2, p.c, 0 if ignore_index is None else ignore_index, ignore_index is not None,
-            weight, n_threads)
+        has_ignore = ignore_index is not None
+        ignore = ignore_index if has_ignore else 0
+        n_bad, total = kernels.sparse_label_check(labels2, p.c, ignore, has_ignore, weight,
+                                                  n_threads)
         if n_bad:
-            raise check.bad_label_error(labels, p.c, ignore_index)
-        if reduction == "mean" and weight is not None and weight_total != 0.0:
-            # The mean over class indices divides by the targets' total weight, so it does not
-            # depend on the weights' scale: bring the total near 1 by a power of two (exact: the
-            # same bits, unless huge or tiny weights would overflow or underflow on the way).
-            # The z-loss term is not weighted: it is scaled alike, so that the mean is unchanged.
-            shift = _shift_for_mean(weight, weight_total, n_rows)
-            if shift:
-                weight = np.ldexp(weight, shift)
-                z_loss = float(np.ldexp(z_loss, shift))
-                if weight_total == np.inf:
-                    weight_total = kernels.sparse_label_check(
-                        labels2, p.c, 0 if ignore_index is None else ignore_index,
-                        ignore_index is not None, weight, n_threads)[1]
-                else:
-                    weight_total = float(np.ldexp(weight_total, shift))
+            check.labels_in_range(labels, p.c, ignore_index)
+        if reduction == "mean" and weight is not None and total != 0.0:
+            weight, total, z_loss = rules.weights_for_mean(
+                weight, total, p.a * p.b, z_loss, _weight_total, labels2, p.c, ignore, has_ignore,
+                n_threads)
     else:
         labels3 = labels.reshape(p.a, p.c, p.b)
-        weight_total = float(n_rows)  # probability targets: mean over the rows, not the weights
-    denominator = weight_total if reduction == "mean" else 1.0
+        total = float(p.a * p.b)  # probability targets: mean over the rows, not the weights
+    denominator = rules.denominator(reduction, total)
 
     grad_scale, grad_rows = 1.0, None
     if grad is not None:
-        grad_scale, rows = check.grad_output(grad_output, reduction, p.loss_shape)
+        scale, rows = check.grad_output(grad_output, reduction, p.loss_shape)
         if rows is not None:
             grad_rows = rows.reshape(p.a, p.b)
-        if denominator != 0.0:
-            grad_scale = grad_scale / denominator
-        elif sparse and _any_counted(labels2, ignore_index):
-            # mean over targets whose classes all weigh 0: PyTorch's gradient is go / 0 = NaN
-            grad_scale = float("nan")
-        else:
-            grad_scale = 0.0  # mean with every target ignored: the gradient is all zeros
+        grad_scale = rules.gradient_scale(scale, denominator, _any_counted,
+                                          labels2 if sparse else None, ignore_index)
 
     loss_rows = np.empty((p.a, p.b), dtype=np.float64)
-    extra = {"z_loss": z_loss, "softcap": softcap} if (z_loss or softcap) else {}
+    terms = rules.kernel_terms(z_loss, softcap)
     kernel_grad = grad.kernel_view if grad is not None else None
     if sparse:
-        kernels.sparse_xent(p.x3, labels2, weight, 0 if ignore_index is None else ignore_index,
-                            ignore_index is not None, smoothing, loss_rows, kernel_grad,
-                            grad_scale, grad_rows, n_threads, **extra)
+        kernels.sparse_xent(p.x3, labels2, weight, ignore, has_ignore, smoothing, loss_rows,
+                            kernel_grad, grad_scale, grad_rows, n_threads, **terms)
     else:
         kernels.dense_xent(p.x3, labels3, weight, smoothing, loss_rows, kernel_grad, grad_scale,
-                           grad_rows, n_threads, **extra)
-
-    if reduction == "none":
-        with np.errstate(over="ignore"):  # a float32 loss beyond 3.4e38 is inf, as documented
-            losses = loss_rows.reshape(p.loss_shape).astype(p.result, copy=False)
-        return losses if losses.ndim else losses[()]
-    # pairwise, in a fixed order: the same bits for any n_threads (np.add.reduce: ndarray.sum
-    # without its Python wrapper, which is a tenth of a tiny call)
-    total = float(np.add.reduce(loss_rows, axis=None))
-    if reduction == "sum":
-        return _scalar(total, p.result)
-    return _scalar(total / denominator if denominator != 0.0 else float("nan"), p.result)
+                           grad_rows, n_threads, **terms)
+    return rules.reduce(loss_rows, reduction, denominator, p.result, p.loss_shape)
 
 
-def _grad_result(problem: _Problem, out: Any, inputs: dict[str, Any], in_place_ok: Any) -> _Result:
-    out = _prepare_out(out, problem.logits.shape, problem.result, inputs, in_place_ok)
+def _grad_result(problem: _Problem, out: Any, inputs: dict[str, tuple[Any, Any]],
+                 in_place_ok: str) -> _Result:
+    """The gradient's result array; ``inputs`` maps each argument's name to the argument as
+    given and the array the kernel reads, which ``out`` must not overlap (except exactly
+    ``in_place_ok``'s, in place)."""
+    if out is not None:
+        read = {name: _as_read(*given_and_read) for name, given_and_read in inputs.items()}
+        out = _prepare_out(out, problem.logits.shape, problem.result, read, read[in_place_ok])
     return _Result(out, problem.logits.shape, (problem.a, problem.c, problem.b),
                    problem.logits.dtype, problem.result)
 
@@ -298,14 +260,12 @@ def _tf_call(labels, logits, axis, out, n_threads, with_grad, sparse):
         y = check.sparse_labels(labels, x.shape[:-1], "logits", x.shape, "labels")
     else:
         y = check.dense_labels(labels, x.shape, x.dtype, "logits", "labels")
-    nt = _threads(n_threads)
+    nt = _backend.effective_n_threads(n_threads)
     problem = _Problem(x, ax, result)
     grad = None
     if with_grad:
-        read = _as_read(logits, x)
-        grad = _grad_result(problem, out, {"logits": read, "labels": _as_read(labels, y)}, read)
-    loss = _run(problem, y, sparse, weight=None, ignore_index=None, smoothing=0.0, reduction="none",
-                grad=grad, grad_output=1.0, n_threads=nt)
+        grad = _grad_result(problem, out, {"logits": (logits, x), "labels": (labels, y)}, "logits")
+    loss = _run(problem, y, sparse, rules.PLAIN, None, grad, 1.0, nt)
     return (loss, grad.finish()) if with_grad else loss
 
 
@@ -366,35 +326,34 @@ def sparse_softmax_cross_entropy_with_logits_and_grad(labels: ArrayLike, logits:
 # PyTorch family
 # ------------------------------------------------------------------------------------------
 
-def _torch_call(input, target, weight, ignore_index, reduction, label_smoothing, n_threads,
-                with_grad, grad_output=1.0, out=None, z_loss=0.0, softcap=None):
+def _torch_logits(input: ArrayLike) -> _Problem:
+    """The logits of the PyTorch family: classes on axis 1, or 0 for 1-D input."""
     x, result = check.float_array(input, "input")
     check.at_least_1d(x, "input")
     ax = 0 if x.ndim == 1 else 1
-    c = check.n_classes(x.shape, ax, "input")
-    reduction = check.reduction(reduction)
-    smoothing = check.label_smoothing(label_smoothing)
-    z = check.z_loss(z_loss)
-    cap = check.softcap(softcap)
-    ignore = check.ignore_index(ignore_index)
-    w = check.class_weight(weight, c)
-    nt = _threads(n_threads)
+    check.n_classes(x.shape, ax, "input")
+    return _Problem(x, ax, result)
+
+
+def _torch_call(problem, input, target, weight, options, n_threads, with_grad, grad_output=1.0,
+                out=None):
+    """The PyTorch family, on the logits of ``_torch_logits(input)`` and ``options`` for their
+    classes; ``weight`` is the weight argument as given (``out`` must not overlap it)."""
+    x, ax = problem.logits, problem.axis
+    nt = _backend.effective_n_threads(n_threads)
     t = np.asarray(target)
-    sparse = check.target_is_class_indices(t.dtype, t.shape, x.shape, ax, ignore)
-    if sparse:
-        labels = check.sparse_labels(t, x.shape[:ax] + x.shape[ax + 1:], "input", x.shape, "target")
+    sparse = check.target_is_class_indices(t.dtype, t.shape, x.shape, ax, options.ignore_index)
+    if sparse:  # integers of the loss's shape: target_is_class_indices checked both
+        labels = check.kernel_ready(t)
     else:
         labels = check.dense_labels(t, x.shape, x.dtype, "input", "target (class probabilities)")
-    problem = _Problem(x, ax, result)
     grad = None
     if with_grad:
-        read = _as_read(input, x)
-        grad = _grad_result(problem, out, {"input": read, "target": _as_read(target, labels),
-                                           "weight": _as_read(weight, w),
-                                           "grad_output": grad_output}, read)
-    loss = _run(problem, labels, sparse, weight=w, ignore_index=ignore if sparse else None,
-                smoothing=smoothing, reduction=reduction, grad=grad, grad_output=grad_output,
-                n_threads=nt, z_loss=z, softcap=cap)
+        grad = _grad_result(problem, out, {"input": (input, x), "target": (target, labels),
+                                           "weight": (weight, options.weight),
+                                           "grad_output": (grad_output, None)}, "input")
+    loss = _run(problem, labels, sparse, options, options.ignore_index if sparse else None, grad,
+                grad_output, nt)
     return (loss, grad.finish()) if with_grad else loss
 
 
@@ -436,8 +395,10 @@ def cross_entropy(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | No
     >>> cross_entropy(np.array([[1., 2., 3.], [2., 1., 3.], [3., 2., 1.]], np.float32), [0, 1, 2])
     np.float32(2.407606)
     """
-    return _torch_call(input, target, weight, ignore_index, reduction, label_smoothing, n_threads,
-                       with_grad=False, z_loss=z_loss, softcap=softcap)
+    problem = _torch_logits(input)
+    options = LossOptions.parse(weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
+                                problem.c)
+    return _torch_call(problem, input, target, weight, options, n_threads, with_grad=False)
 
 
 @overload
@@ -471,9 +432,11 @@ def cross_entropy_with_grad(input: ArrayLike, target: ArrayLike, *, weight: Arra
     in place (opt-in: the logits are overwritten). With ``z_loss`` the gradient gains
     ``2 z lse * softmax``; with ``softcap`` it carries the factor ``1 - tanh(x / s)**2``.
     """
-    return _torch_call(input, target, weight, ignore_index, reduction, label_smoothing, n_threads,
-                       with_grad=True, grad_output=grad_output, out=out, z_loss=z_loss,
-                       softcap=softcap)
+    problem = _torch_logits(input)
+    options = LossOptions.parse(weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
+                                problem.c)
+    return _torch_call(problem, input, target, weight, options, n_threads, with_grad=True,
+                       grad_output=grad_output, out=out)
 
 
 class CrossEntropyLoss:
@@ -484,34 +447,51 @@ class CrossEntropyLoss:
     np.float32(2.407606)
     """
 
+    _options: LossOptions  # checked once, when built or when an option is set
+
     def __init__(self, weight: ArrayLike | None = None,
                  ignore_index: int = check.IGNORE_INDEX_DEFAULT, reduction: Reduction = "mean",
-                 label_smoothing: float = 0.0,
-                 z_loss: float = 0.0, softcap: float | None = None) -> None:
-        w = check.class_weight(weight, None)
-        self.weight = None if w is None else w.copy()  # the caller's array may change later
-        self.ignore_index = check.ignore_index(ignore_index)
-        self.reduction = check.reduction(reduction)
-        self.label_smoothing = check.label_smoothing(label_smoothing)
-        self.z_loss = check.z_loss(z_loss)
-        check.softcap(softcap)
-        self.softcap = None if softcap is None else float(softcap)
+                 label_smoothing: float = 0.0, z_loss: float = 0.0,
+                 softcap: float | None = None) -> None:
+        options = LossOptions.parse(weight, ignore_index, reduction, label_smoothing, z_loss,
+                                    softcap, None)
+        object.__setattr__(self, "_options", options.with_own_weight())
 
     def __call__(self, input: ArrayLike, target: ArrayLike, *,
                  n_threads: int | None = None) -> Loss:
-        return cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
-                             reduction=self.reduction, label_smoothing=self.label_smoothing,
-                             z_loss=self.z_loss, softcap=self.softcap, n_threads=n_threads)
+        problem = _torch_logits(input)
+        options = self._options
+        check.weight_classes(options.weight, problem.c)
+        return _torch_call(problem, input, target, options.weight, options, n_threads,
+                           with_grad=False)
 
     def with_grad(self, input: ArrayLike, target: ArrayLike, grad_output: ArrayLike = 1.0, *,
                   out: FloatArray | None = None,
                   n_threads: int | None = None) -> tuple[Loss, FloatArray]:
         """``(loss, grad)`` as ``cross_entropy_with_grad``."""
-        return cross_entropy_with_grad(input, target, weight=self.weight,
-                                       ignore_index=self.ignore_index, reduction=self.reduction,
-                                       label_smoothing=self.label_smoothing,
-                                       z_loss=self.z_loss, softcap=self.softcap,
-                                       grad_output=grad_output, out=out, n_threads=n_threads)
+        problem = _torch_logits(input)
+        options = self._options
+        check.weight_classes(options.weight, problem.c)
+        return _torch_call(problem, input, target, options.weight, options, n_threads,
+                           with_grad=True, grad_output=grad_output, out=out)
+
+    # The options read as the arguments: ``weight`` is the object's own float64 copy, ``softcap``
+    # None or a float. Setting one parses the options again.
+    weight = property(lambda self: self._options.weight)
+    ignore_index = property(lambda self: self._options.ignore_index)
+    reduction = property(lambda self: self._options.reduction)
+    label_smoothing = property(lambda self: self._options.label_smoothing)
+    z_loss = property(lambda self: self._options.z_loss)
+    softcap = property(lambda self: self._options.softcap or None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in LossOptions._fields:
+            object.__setattr__(self, name, value)
+            return
+        arguments = {field: getattr(self, field) for field in LossOptions._fields}
+        arguments[name] = value
+        options = LossOptions.parse(**arguments, n_classes=None)
+        object.__setattr__(self, "_options", options.with_own_weight())
 
     def __repr__(self) -> str:
         weight = "None" if self.weight is None else f"array(shape={self.weight.shape})"

@@ -14,6 +14,9 @@ import os
 import sys
 import warnings
 from types import ModuleType
+from typing import Any
+
+from . import _validation as check
 
 from ._flags import env_flag as _flag
 
@@ -115,3 +118,18 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+
+
+def effective_n_threads(n_threads: Any, concurrent_calls: int = 1) -> int:
+    """The OpenMP threads of one kernel call, for every caller: ``n_threads=None`` -> the
+    threads OpenMP may use now (cores, unless OMP_NUM_THREADS or threadpoolctl limit them),
+    shared among ``concurrent_calls`` (>= 1) calls that run at once, at least 1; an int >= 1
+    -> that many. 1 in a child forked after a parallel region (see ``forked_after_parallel``).
+    Records in ``parallel_used`` that a call may run in parallel."""
+    global parallel_used
+    threads = check.n_threads(n_threads, kernels.max_threads() // concurrent_calls)
+    if forked_after_parallel:
+        return 1
+    if threads > 1:
+        parallel_used = True
+    return threads

@@ -36,15 +36,16 @@ The same code runs on both backends: the fallback's ``sparse_xent`` chunks in Nu
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, Literal, overload
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _backend
+from . import _reduction as rules
 from . import _validation as check
-from ._api import FloatArray, Loss, Reduction, _scalar, _threads
+from ._api import FloatArray, Loss, Reduction
+from ._reduction import LossOptions
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad", "CHUNK_BUDGET", "chunk_rows"]
 
@@ -74,77 +75,45 @@ def _vocab_block(vocab: int, hidden: int, itemsize: int, budget: int | None = No
                                       // max(hidden * itemsize, 1))))
 
 
-def _float_matrix(value: Any, name: str) -> tuple[np.ndarray, np.dtype]:
-    arr, result = check.float_array(value, name)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be 2-D; got shape {arr.shape}")
-    return arr, result
-
-
-def _chunk_size(value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"chunk_size must be None or an integer; got {value!r}")
-    if value < 1:
-        raise ValueError(f"chunk_size must be >= 1; got {value!r}")
-    return int(value)
-
-
 def _linear_call(hidden, weight, target, bias, ignore_index, reduction, label_smoothing, z_loss,
                  softcap, chunk_size, n_threads, with_grad, grad_output=1.0):
-    h, res_h = _float_matrix(hidden, "hidden")
-    w, res_w = _float_matrix(weight, "weight")
-    if h.shape[1] != w.shape[1]:
-        raise ValueError(
-            f"hidden shape {h.shape} and weight shape {w.shape} do not match: expected "
-            f"hidden (N, H) and weight (V, H) with the same H"
-        )
+    h, res_h = check.matrix(hidden, "hidden")
+    w, res_w = check.matrix(weight, "weight")
+    check.linear_shapes(h.shape, w.shape)
     n, vocab = h.shape[0], w.shape[0]
-    if vocab == 0:
-        raise ValueError(f"weight shape {w.shape} has zero classes (V == 0)")
     compute = np.promote_types(h.dtype, w.dtype)
     result = np.promote_types(res_h, res_w)
     h = check.kernel_ready(h.astype(compute, copy=False))
     w = check.kernel_ready(w.astype(compute, copy=False))
-    b = None
-    if bias is not None:
-        b_arr, _ = check.float_array(bias, "bias")
-        if b_arr.shape != (vocab,):
-            raise ValueError(f"bias must have shape ({vocab},) to match weight {w.shape}; "
-                             f"got {b_arr.shape}")
-        b = b_arr.astype(compute, copy=False)
+    b = check.linear_bias(bias, w.shape)
+    if b is not None:
+        b = b.astype(compute, copy=False)
     labels = check.sparse_labels(target, (n,), "logits", (n, vocab), "target")
-    reduction = check.reduction(reduction)
-    smoothing = check.label_smoothing(label_smoothing)
-    z = check.z_loss(z_loss)
-    cap = check.softcap(softcap)
-    ignore = check.ignore_index(ignore_index)
-    rows = _chunk_size(chunk_size)
-    nt = _threads(n_threads)
+    options = LossOptions.parse(None, ignore_index, reduction, label_smoothing, z_loss, softcap,
+                                vocab)
+    rows = check.chunk_size(chunk_size)
+    nt = _backend.effective_n_threads(n_threads)
     kernels = _backend.kernels
 
     labels2 = labels.reshape(n, 1)
-    n_bad, counted = kernels.sparse_label_check(labels2, vocab, ignore, True, None, nt)
+    n_bad, counted = kernels.sparse_label_check(labels2, vocab, options.ignore_index, True, None,
+                                                nt)
     if n_bad:
-        raise check.bad_label_error(labels, vocab, ignore)
-    denominator = counted if reduction == "mean" else 1.0
+        check.labels_in_range(labels, vocab, options.ignore_index)
+    denominator = rules.denominator(options.reduction, counted)
 
     grad_scale, grad_rows = 1.0, None
     if with_grad:
-        grad_scale, per_row = check.grad_output(grad_output, reduction, (n,))
+        scale, per_row = check.grad_output(grad_output, options.reduction, (n,))
         if per_row is not None:
             grad_rows = per_row.reshape(n, 1)
-        if denominator != 0.0:
-            grad_scale = grad_scale / denominator
-        else:
-            grad_scale = 0.0  # mean with every target ignored: the gradients are all zeros
+        grad_scale = rules.gradient_scale(scale, denominator, bool, counted)
 
     if rows is None:
         rows = chunk_rows(n, vocab, compute.itemsize)
         if rows < min(n, ROW_PATH_MIN_ROWS):
-            return _vocab_chunked(h, w, b, labels, ignore, smoothing, z, cap, reduction,
-                                  denominator, with_grad, grad_scale, grad_rows, result, nt)
+            return _vocab_chunked(h, w, b, labels, options, denominator, with_grad, grad_scale,
+                                  grad_rows, result, nt)
     rows = min(rows, n)
     loss_rows = np.empty((n, 1), dtype=np.float64)
     grad_h = grad_w = grad_b = tmp = None
@@ -154,7 +123,7 @@ def _linear_call(hidden, weight, target, bias, ignore_index, reduction, label_sm
         if b is not None:
             grad_b = np.zeros(vocab, dtype=np.float64)
     buf = np.empty((max(rows, 1), vocab), dtype=compute)
-    extra = {"z_loss": z, "softcap": cap} if (z or cap) else {}
+    terms = rules.kernel_terms(options.z_loss, options.softcap)
     vb = _vocab_block(vocab, h.shape[1], compute.itemsize)
     for r0 in range(0, n, max(rows, 1)):
         r1 = min(n, r0 + rows)
@@ -164,9 +133,9 @@ def _linear_call(hidden, weight, target, bias, ignore_index, reduction, label_sm
         if b is not None:
             logits += b
         kernels.sparse_xent(
-            logits[:, :, None], labels2[r0:r1], None, ignore, True, smoothing, loss_rows[r0:r1],
-            logits[:, :, None] if with_grad else None, grad_scale,
-            None if grad_rows is None else grad_rows[r0:r1], nt, **extra)
+            logits[:, :, None], labels2[r0:r1], None, options.ignore_index, True,
+            options.label_smoothing, loss_rows[r0:r1], logits[:, :, None] if with_grad else None,
+            grad_scale, None if grad_rows is None else grad_rows[r0:r1], nt, **terms)
         if not with_grad:
             continue
         np.matmul(logits, w, out=grad_h[r0:r1])
@@ -184,19 +153,12 @@ def _linear_call(hidden, weight, target, bias, ignore_index, reduction, label_sm
             grad_b += logits.sum(axis=0, dtype=np.float64)
     del buf, tmp
 
-    return _finish(loss_rows[:, 0], reduction, denominator, result, with_grad, compute,
+    return _finish(loss_rows[:, 0], options.reduction, denominator, result, with_grad, compute,
                    grad_h, grad_w, grad_b)
 
 
 def _finish(loss_rows, reduction, denominator, result, with_grad, compute, grad_h, grad_w, grad_b):
-    if reduction == "none":
-        with np.errstate(over="ignore"):
-            loss = loss_rows.astype(result)
-    else:
-        total = float(loss_rows.sum())
-        if reduction == "mean":
-            total = total / denominator if denominator != 0.0 else float("nan")
-        loss = _scalar(total, result)
+    loss = rules.reduce(loss_rows, reduction, denominator, result, loss_rows.shape)
     if not with_grad:
         return loss
     grads = [grad_h, grad_w] + ([grad_b.astype(compute)] if grad_b is not None else [])
@@ -205,8 +167,8 @@ def _finish(loss_rows, reduction, denominator, result, with_grad, compute, grad_
     return (loss, *grads)
 
 
-def _vocab_chunked(h, w, b, labels, ignore, smoothing, z, cap, reduction, denominator, with_grad,
-                   grad_scale, grad_rows, result, nt):
+def _vocab_chunked(h, w, b, labels, options, denominator, with_grad, grad_scale, grad_rows,
+                   result, nt):
     """The vocabulary-chunked path, for vocabularies so large that a row chunk within the budget
     would be too short for BLAS to accumulate ``grad_weight`` efficiently (see the module
     docstring). All N rows, ``Vb`` vocabulary columns at a time, in two passes:
@@ -222,6 +184,8 @@ def _vocab_chunked(h, w, b, labels, ignore, smoothing, z, cap, reduction, denomi
     ``grad_weight`` per chunk. Softcap needs a second chunk buffer for tanh, so ``Vb`` is halved.
     """
     kernels = _backend.kernels
+    ignore, smoothing = options.ignore_index, options.label_smoothing
+    z, cap = options.z_loss, options.softcap
     n, hidden = h.shape
     vocab = w.shape[0]
     dtype = h.dtype
@@ -316,8 +280,8 @@ def _vocab_chunked(h, w, b, labels, ignore, smoothing, z, cap, reduction, denomi
                     grad_b[v0:v1] = g.sum(axis=0, dtype=np.float64)
         if n == 0:
             grad_w[...] = 0.0
-    return _finish(loss_rows, reduction, denominator, result, with_grad, dtype, grad_h, grad_w,
-                   grad_b)
+    return _finish(loss_rows, options.reduction, denominator, result, with_grad, dtype, grad_h,
+                   grad_w, grad_b)
 
 
 # A reduction gives a NumPy scalar, reduction="none" an array of shape (N,).

@@ -2,12 +2,18 @@
 
 The functions here either return the argument in the form the kernels need (a native-byte-order
 array of a kernel dtype, a normalised axis, an int thread count, ...) or raise the exception a
-NumPy user expects, with a message that names the argument and the problem.
+NumPy user expects, with a message that names the argument and the problem. The in-memory API,
+the fused linear layer and the Dask bridge (on the dtypes and shapes of lazy arrays) raise
+through these functions only.
+
+Two kinds of error are raised elsewhere: ``fastxent.torch`` raises PyTorch's own RuntimeErrors,
+with PyTorch's messages, where it must behave as ``torch.nn.functional.cross_entropy`` (a
+``label_smoothing`` above 1, an ``ignore_index`` with floating targets, double backward); and
+``_backend`` raises ImportError for an unusable build or contradictory environment flags.
 """
 
 from __future__ import annotations
 
-import math
 import numbers
 import operator
 from typing import Any, Literal, cast
@@ -27,6 +33,7 @@ class _DefaultIgnoreIndex(int):
 #: its type, so that an ``ignore_index`` passed with class probabilities (where no target can be
 #: ignored) is an error rather than silently ignored.
 IGNORE_INDEX_DEFAULT: int = _DefaultIgnoreIndex(-100)
+_FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
 _INT64 = np.iinfo(np.int64)
 _INT64_MIN, _INT64_MAX = int(_INT64.min), int(_INT64.max)
 
@@ -61,6 +68,8 @@ def float_array(x: Any, name: str) -> tuple[np.ndarray, np.dtype]:
     float16, float64 for integers and bool, long double for long double).
     """
     arr = np.asarray(x)
+    if arr.dtype is _FLOAT32 or arr.dtype is _FLOAT64:  # native: the common case, checked fast
+        return kernel_ready(arr), arr.dtype
     kind = arr.dtype.kind
     if kind == "f":
         result = arr.dtype.newbyteorder("=")
@@ -73,13 +82,27 @@ def float_array(x: Any, name: str) -> tuple[np.ndarray, np.dtype]:
     elif kind in "iub":
         result = compute = np.dtype(np.float64)
     else:
-        raise TypeError(
-            f"{name} must be an array of real numbers; got dtype {arr.dtype} "
-            f"(complex, object, string and datetime data are not supported)"
-        )
+        real_dtype(arr.dtype, name)  # raises
     if arr.dtype != compute:
         arr = arr.astype(compute)
     return kernel_ready(arr), result
+
+
+def real_dtype(dtype: np.dtype, name: str) -> None:
+    """TypeError unless ``dtype`` is real: floating, integer or bool."""
+    if dtype.kind not in "fiub":
+        raise TypeError(
+            f"{name} must be an array of real numbers; got dtype {dtype} "
+            f"(complex, object, string and datetime data are not supported)"
+        )
+
+
+def matrix(x: Any, name: str) -> tuple[np.ndarray, np.dtype]:
+    """``float_array`` of a 2-D argument."""
+    arr, result = float_array(x, name)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D; got shape {arr.shape}")
+    return arr, result
 
 
 def at_least_1d(arr: np.ndarray, name: str) -> None:
@@ -150,31 +173,45 @@ def target_is_class_indices(dtype: np.dtype, shape: tuple[int, ...], input_shape
     )
 
 
+def sparse_label_kind(dtype: np.dtype, shape: tuple[int, ...], expected_shape: tuple[int, ...],
+                      logits_name: str, logits_shape: tuple[int, ...], name: str) -> None:
+    """Class labels (of an array, or a lazy array) are integers of exactly ``expected_shape``."""
+    if dtype.kind not in "iu":
+        hint = " (use the dense function for probability labels)" if dtype.kind == "f" else ""
+        raise TypeError(f"{name} must be integer class indices; got dtype {dtype}{hint}")
+    if tuple(shape) != tuple(expected_shape):
+        raise ValueError(
+            f"{name} shape {tuple(shape)} does not match {logits_name} shape "
+            f"{tuple(logits_shape)}: expected {name} of shape {tuple(expected_shape)}"
+        )
+
+
 def sparse_labels(labels: Any, expected_shape: tuple[int, ...], logits_name: str,
                   logits_shape: tuple[int, ...], name: str) -> np.ndarray:
     """Integer class labels of exactly ``expected_shape``, in any integer dtype (never converted)."""
     arr = np.asarray(labels)
-    if arr.dtype.kind not in "iu":
-        hint = " (use the dense function for probability labels)" if arr.dtype.kind == "f" else ""
-        raise TypeError(f"{name} must be integer class indices; got dtype {arr.dtype}{hint}")
-    if arr.shape != tuple(expected_shape):
-        raise ValueError(
-            f"{name} shape {arr.shape} does not match {logits_name} shape {tuple(logits_shape)}: "
-            f"expected {name} of shape {tuple(expected_shape)}"
-        )
+    if arr.dtype.kind not in "iu" or arr.shape != tuple(expected_shape):
+        sparse_label_kind(arr.dtype, arr.shape, expected_shape, logits_name, logits_shape, name)
     return kernel_ready(arr)
+
+
+def dense_label_kind(dtype: np.dtype, shape: tuple[int, ...], logits_shape: tuple[int, ...],
+                     logits_name: str, name: str) -> None:
+    """Dense labels (of an array, or a lazy array) are real numbers of the logits' shape."""
+    if dtype.kind not in "fiub":
+        raise TypeError(f"{name} must be an array of real numbers; got dtype {dtype}")
+    if tuple(shape) != tuple(logits_shape):
+        raise ValueError(
+            f"{name} shape {tuple(shape)} does not match {logits_name} shape {tuple(logits_shape)}"
+        )
 
 
 def dense_labels(labels: Any, logits_shape: tuple[int, ...], dtype: np.dtype, logits_name: str,
                  name: str) -> np.ndarray:
     """Floating labels of the logits' shape, in the logits' kernel dtype."""
     arr = np.asarray(labels)
-    if arr.dtype.kind not in "fiub":
-        raise TypeError(f"{name} must be an array of real numbers; got dtype {arr.dtype}")
-    if arr.shape != tuple(logits_shape):
-        raise ValueError(
-            f"{name} shape {arr.shape} does not match {logits_name} shape {tuple(logits_shape)}"
-        )
+    if arr.dtype.kind not in "fiub" or arr.shape != tuple(logits_shape):
+        dense_label_kind(arr.dtype, arr.shape, logits_shape, logits_name, name)
     if arr.dtype != dtype:
         arr = arr.astype(dtype)
     return kernel_ready(arr)
@@ -191,14 +228,22 @@ def class_weight(weight: Any, n_classes: int | None) -> np.ndarray | None:
     if n_classes is None:
         if arr.ndim != 1:
             raise ValueError(f"weight must have shape (C,), one per class; got shape {arr.shape}")
-    elif arr.shape != (n_classes,):
-        raise ValueError(f"weight must have shape ({n_classes},), one per class; got shape {arr.shape}")
+    else:
+        weight_classes(arr, n_classes)
     arr = np.ascontiguousarray(arr, dtype=np.float64)
     if not np.isfinite(arr).all():
         raise ValueError("weight must be finite; got a NaN or infinite weight")
     if (arr < 0).any():
         raise ValueError(f"weight must be non-negative; got {arr[arr < 0][0]!r}")
     return arr
+
+
+def weight_classes(weight: np.ndarray | None, n_classes: int) -> None:
+    """A weight (as ``class_weight`` returns it, or an array being checked by it) has one
+    entry per class."""
+    if weight is not None and weight.shape != (n_classes,):
+        raise ValueError(f"weight must have shape ({n_classes},), one per class; got shape "
+                         f"{weight.shape}")
 
 
 def reduction(value: Any) -> Literal["mean", "sum", "none"]:
@@ -294,6 +339,39 @@ def grad_output(value: Any, reduction: str, loss_shape: tuple[int, ...]) -> tupl
     return 1.0, rows
 
 
+def chunk_size(value: Any) -> int | None:
+    """None, or the rows of a chunk: an int >= 1."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"chunk_size must be None or an integer; got {value!r}")
+    if value < 1:
+        raise ValueError(f"chunk_size must be >= 1; got {value!r}")
+    return int(value)
+
+
+def linear_shapes(hidden_shape: tuple[int, ...], weight_shape: tuple[int, ...]) -> None:
+    """hidden ``(N, H)`` and weight ``(V, H)``: the same H, and V >= 1."""
+    if hidden_shape[1] != weight_shape[1]:
+        raise ValueError(
+            f"hidden shape {hidden_shape} and weight shape {weight_shape} do not match: expected "
+            f"hidden (N, H) and weight (V, H) with the same H"
+        )
+    if weight_shape[0] == 0:
+        raise ValueError(f"weight shape {weight_shape} has zero classes (V == 0)")
+
+
+def linear_bias(bias: Any, weight_shape: tuple[int, ...]) -> np.ndarray | None:
+    """None, or the bias of a linear layer of weight ``(V, H)``: ``(V,)`` in a kernel dtype."""
+    if bias is None:
+        return None
+    arr, _ = float_array(bias, "bias")
+    if arr.shape != (weight_shape[0],):
+        raise ValueError(f"bias must have shape ({weight_shape[0]},) to match weight "
+                         f"{weight_shape}; got {arr.shape}")
+    return arr
+
+
 def out_array(out: Any, shape: tuple[int, ...], dtype: np.dtype, name: str = "out") -> np.ndarray:
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray; got {type(out).__name__}")
@@ -346,8 +424,11 @@ def no_overlap(out: np.ndarray, inputs: dict[str, Any], in_place_ok: Any = None)
                              if value is in_place_ok else f"out overlaps {name}")
 
 
-def bad_label_error(labels: np.ndarray, n_classes: int, ignore_index: int | None) -> IndexError:
-    """The IndexError for the first label that is neither a class nor ignore_index."""
+def labels_in_range(labels: np.ndarray, n_classes: int, ignore_index: int | None,
+                    offset: tuple[int, ...] = ()) -> None:
+    """IndexError for the first label (in C order) that is neither a class nor ignore_index,
+    named at its index in ``labels``, or in a whole target of which ``labels`` is the block
+    starting at ``offset``."""
     flat = labels.reshape(-1)
     if flat.dtype.kind == "u":
         bad = flat >= n_classes
@@ -355,15 +436,15 @@ def bad_label_error(labels: np.ndarray, n_classes: int, ignore_index: int | None
         bad = (flat < 0) | (flat >= n_classes)
     if ignore_index is not None:
         bad &= flat != ignore_index
+    if not bad.any():
+        return
     position = int(np.argmax(bad))
     where = np.unravel_index(position, labels.shape) if labels.ndim else ()
+    if offset:
+        where = tuple(i + o for i, o in zip(where, offset))
     value = flat[position]
     ignore = f" and is not ignore_index={ignore_index}" if ignore_index is not None else ""
-    return IndexError(
+    raise IndexError(
         f"label {value} at index {tuple(int(i) for i in where)} is out of range for "
         f"{n_classes} classes (valid: 0 to {n_classes - 1}){ignore}"
-    )
-
-
-def prod(shape: tuple[int, ...]) -> int:
-    return math.prod(shape)
+    ) from None

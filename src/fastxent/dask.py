@@ -18,22 +18,25 @@ bits. All-ignored ``mean`` is NaN with a zero gradient, as in memory.
 A bad class index raises the in-memory ``IndexError`` (with the position in the whole target)
 when the block holding it is computed; with several bad labels, the first block to run reports.
 
-``n_threads=None`` gives each block ``max(1, cores // number of blocks)`` threads, decided when
-the block runs: with at least as many blocks as cores, dask's own workers (one thread per core
-by default) are the parallelism and the kernels, which release the GIL, use one thread each.
+``n_threads=None`` gives each block ``max(1, threads // number of blocks)`` threads, where
+``threads`` is what OpenMP may use on the machine that runs the block (its cores, unless
+``OMP_NUM_THREADS`` or threadpoolctl limit them): with at least as many blocks as cores, dask's
+own workers (one thread per core by default) are the parallelism and the kernels, which release
+the GIL, use one thread each.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Callable
 
 import dask.array as da
 import numpy as np
 
-from . import _api
+from . import _api, _backend
+from . import _reduction as rules
 from . import _validation as check
+from ._reduction import LossOptions
 
 __all__ = [
     "cross_entropy", "cross_entropy_with_grad",
@@ -49,8 +52,7 @@ __all__ = [
 
 def _logits(x: Any, name: str) -> da.Array:
     arr = da.asarray(x)
-    if arr.dtype.kind not in "fiub":
-        raise TypeError(f"{name} must be an array of real numbers; got dtype {arr.dtype}")
+    check.real_dtype(arr.dtype, name)
     check.at_least_1d(arr, name)
     return arr
 
@@ -72,63 +74,23 @@ def _aligned(a: Any, chunks: tuple[tuple[int, ...], ...]) -> da.Array:
     return da.from_array(np.asarray(a), chunks=chunks)
 
 
-def _threads(n_threads: int | None, n_blocks: int) -> int:
-    """Threads for one block, decided on the machine that runs it."""
-    if n_threads is not None:
-        return n_threads
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // max(1, n_blocks))
-
-
 def _ones_chunks(x: da.Array) -> tuple[tuple[int, ...], ...]:
     """One element per block: the chunks of an array of per-block partial results."""
     return tuple((1,) * len(c) for c in x.chunks)
-
-
-def _global_bad_label(exc: IndexError, labels: np.ndarray, n_classes: int,
-                      ignore_index: int | None, offset: tuple[int, ...]) -> IndexError:
-    """The in-memory IndexError: ``exc`` names the position within the block; name it in the
-    whole target instead."""
-    bad = labels >= n_classes if labels.dtype.kind == "u" else (labels < 0) | (labels >= n_classes)
-    if ignore_index is not None:
-        bad &= labels != ignore_index
-    hits = np.argwhere(bad)
-    if not len(hits):
-        return exc
-    local = tuple(int(i) for i in hits[0])
-    where = tuple(i + o for i, o in zip(local, offset))
-    return IndexError(str(exc).replace(f"at index {local}", f"at index {where}", 1))
 
 
 def _sum_partials(parts: da.Array) -> da.Array:
     return parts.sum(dtype=np.float64)
 
 
-def _divide(total: np.ndarray, denominator: np.ndarray, result: np.dtype) -> np.ndarray:
-    # as in memory: 0/0 (mean over nothing) is NaN, without a warning
-    d = float(denominator)
-    return np.asarray(float(total) / d if d != 0.0 else math.nan, dtype=result)
+def _mean(total: np.ndarray, denominator: np.ndarray, result: np.dtype) -> np.ndarray:
+    return np.asarray(rules.reduce(total, "mean", float(denominator), result, ()))
 
 
-def _grad_scale(grad_output: np.ndarray, denominator: np.ndarray, counted: np.ndarray) -> np.ndarray:
-    # as in memory: mean over nothing has an all-zero gradient; mean over targets whose classes
-    # all weigh 0 has PyTorch's go / 0 = NaN
-    d = float(denominator)
-    if d != 0.0:
-        return np.asarray(float(grad_output) / d)
-    return np.asarray(math.nan if float(counted) != 0.0 else 0.0)
-
-
-def _mean_weight_shift(weight: np.ndarray | None, n_rows: int) -> int:
-    """An exponent that keeps the ``mean`` denominator, a sum of up to ``n_rows`` weights, and
-    every weighted row loss finite: 0 unless that sum could overflow, then the in-memory rule for
-    an overflowing total (``_api._shift_for_mean``), since the total is lazy here. A power of
-    two: the mean and its gradient keep their bits."""
-    if weight is None or n_rows == 0 or not weight.max() > 0.0:
-        return 0
-    if int(np.frexp(weight.max())[1]) + int(n_rows).bit_length() <= 1000:  # max < 2**exponent
-        return 0
-    return _api._shift_for_mean(weight, math.inf, n_rows)
+def _gradient_scale(grad_output: np.ndarray, denominator: np.ndarray,
+                    counted: np.ndarray) -> np.ndarray:
+    return np.asarray(rules.gradient_scale(float(grad_output), float(denominator), bool,
+                                           float(counted)))
 
 
 # ------------------------------------------------------------------------------------------
@@ -148,7 +110,7 @@ def _loss_block(x: np.ndarray, labels: np.ndarray, scale: Any = None, *, fn: Cal
     """
     if sparse:
         labels = labels.reshape(labels.shape[:label_axis] + labels.shape[label_axis + 1:])
-    kwargs: dict[str, Any] = {"n_threads": _threads(n_threads, n_blocks)}
+    kwargs: dict[str, Any] = {"n_threads": _backend.effective_n_threads(n_threads, n_blocks)}
     if with_grad:
         factor = np.asarray(scale)
         if factor.ndim:  # per-row factors, reduction "none"
@@ -156,12 +118,12 @@ def _loss_block(x: np.ndarray, labels: np.ndarray, scale: Any = None, *, fn: Cal
         kwargs["grad_output"] = factor if factor.ndim else float(factor)
     try:
         result = fn(x, labels, **kwargs)
-    except IndexError as exc:
-        if not sparse or block_info is None:
-            raise
-        start = [lo for lo, _ in block_info[0]["array-location"]]
-        del start[label_axis]
-        raise _global_bad_label(exc, labels, n_classes, ignore_index, tuple(start)) from None
+    except IndexError:
+        if sparse and block_info is not None:  # the in-memory error, at its index in the target
+            start = [lo for lo, _ in block_info[0]["array-location"]]
+            del start[label_axis]
+            check.labels_in_range(labels, n_classes, ignore_index, tuple(start))
+        raise
     losses, grad = result if with_grad else (result, None)
     losses = np.asarray(losses)
     if keep == "sum":
@@ -216,7 +178,7 @@ def _run(x: da.Array, labels: Any, axis: int, fn: Callable, *, sparse: bool, red
             args.append(da.expand_dims(_aligned(rows, loss_chunks), axis))
         else:
             args.append(da.map_blocks(
-                _grad_scale, da.asarray(grad_output), da.asarray(denominator),
+                _gradient_scale, da.asarray(grad_output), da.asarray(denominator),
                 da.asarray(denominator if counted is None else counted),
                 dtype=np.float64, meta=np.empty((), np.float64)))
 
@@ -241,7 +203,7 @@ def _run(x: da.Array, labels: Any, axis: int, fn: Callable, *, sparse: bool, red
     elif reduction == "sum":
         losses = _sum_partials(losses).astype(result)
     elif reduction == "mean":
-        losses = da.map_blocks(_divide, _sum_partials(losses), da.asarray(denominator),
+        losses = da.map_blocks(_mean, _sum_partials(losses), da.asarray(denominator),
                                result=result, dtype=result, meta=np.empty((), result))
     return (losses, grad) if with_grad else losses
 
@@ -261,21 +223,21 @@ def _torch_call(input: Any, target: Any, weight: Any, ignore_index: Any, reducti
                 label_smoothing: Any, grad_output: Any, n_threads: int | None,
                 with_grad: bool) -> Any:
     x = _logits(input, "input")
-    reduction = check.reduction(reduction)
-    smoothing = check.label_smoothing(label_smoothing)
-    ignore = check.ignore_index(ignore_index)
+    one_row = x.ndim == 1
+    class_axis = 0 if one_row else 1
+    c = check.n_classes(x.shape, class_axis, "input")
+    options = LossOptions.parse(weight, ignore_index, reduction, label_smoothing, 0.0, None, c)
+    reduction, ignore = options.reduction, options.ignore_index
     if n_threads is not None:
         check.n_threads(n_threads, 1)
-    one_row = x.ndim == 1
     t = target if isinstance(target, da.Array) else np.asarray(target)
-    sparse = check.target_is_class_indices(t.dtype, t.shape, x.shape, 0 if one_row else 1, ignore)
+    sparse = check.target_is_class_indices(t.dtype, t.shape, x.shape, class_axis, ignore)
     if one_row:  # (C,) is one row: view it as (1, C) and squeeze the results
         x, t = x[None], t[None]
         if reduction == "none" and with_grad and np.ndim(grad_output):
             grad_output = (grad_output if isinstance(grad_output, da.Array)
                            else np.asarray(grad_output))[None]
-    c = check.n_classes(x.shape, 1, "input")
-    w = check.class_weight(weight, c)
+    w = options.weight
     result = _result_dtype(x.dtype)
     loss_shape = x.shape[:1] + x.shape[2:]
     if sparse:
@@ -283,9 +245,7 @@ def _torch_call(input: Any, target: Any, weight: Any, ignore_index: Any, reducti
         denominator: Any = 1.0
         counted = None
         if reduction == "mean":  # the total weight of the targets, and how many are counted
-            shift = _mean_weight_shift(w, math.prod(loss_shape))
-            if shift:
-                w = np.ldexp(w, shift)
+            w = rules.weights_for_lazy_mean(w, math.prod(loss_shape))
 
             def total(weight: np.ndarray | None) -> da.Array:
                 return _sum_partials(da.map_blocks(
@@ -297,11 +257,12 @@ def _torch_call(input: Any, target: Any, weight: Any, ignore_index: Any, reducti
             counted = total(None) if w is not None else None
         t = ty
     else:  # probability targets: the mean is over the rows
-        denominator = float(math.prod(loss_shape)) if reduction == "mean" else 1.0
+        denominator = rules.denominator(reduction, float(math.prod(loss_shape)))
         counted = None
     call = _api.cross_entropy_with_grad if with_grad else _api.cross_entropy
     # per block: per-row losses (and the gradient scaled by grad_output / denominator)
-    fn = _Partial(call, weight=w, ignore_index=ignore, reduction="none", label_smoothing=smoothing)
+    fn = _Partial(call, weight=w, ignore_index=ignore, reduction="none",
+                  label_smoothing=options.label_smoothing)
     out = _run(x, t, 1, fn, sparse=sparse, reduction=reduction, result=result,
                denominator=denominator, grad_output=grad_output, with_grad=with_grad,
                ignore_index=ignore if sparse else None, n_threads=n_threads, counted=counted)
@@ -362,11 +323,10 @@ def _tf_call(labels: Any, logits: Any, axis: int, n_threads: int | None, with_gr
     ax = x.ndim - 1 if sparse else check.normalise_axis(axis, x.ndim)
     check.n_classes(x.shape, ax, "logits")
     y = labels if isinstance(labels, da.Array) else np.asarray(labels)
-    expected = x.shape[:-1] if sparse else x.shape
-    if y.shape != expected:
-        raise ValueError(f"labels shape {y.shape} does not match logits shape {x.shape}")
-    if sparse and y.dtype.kind not in "iu":
-        raise TypeError(f"labels must be integer class indices; got dtype {y.dtype}")
+    if sparse:  # the in-memory checks, on the dtype and shape
+        check.sparse_label_kind(y.dtype, y.shape, x.shape[:-1], "logits", x.shape, "labels")
+    else:
+        check.dense_label_kind(y.dtype, y.shape, x.shape, "logits", "labels")
     if sparse:
         call = (_api.sparse_softmax_cross_entropy_with_logits_and_grad if with_grad
                 else _api.sparse_softmax_cross_entropy_with_logits)
@@ -437,7 +397,7 @@ def _normaliser(fn: Callable, x: Any, axis: int, n_threads: int | None, keep_axi
 
 def _normaliser_block(x: np.ndarray, *, fn: Callable, axis: int, n_threads: int | None,
                       n_blocks: int) -> np.ndarray:
-    return np.asarray(fn(x, axis, n_threads=_threads(n_threads, n_blocks)))
+    return np.asarray(fn(x, axis, n_threads=_backend.effective_n_threads(n_threads, n_blocks)))
 
 
 def softmax(x: Any, axis: int = -1, *, n_threads: int | None = None) -> da.Array:
