@@ -21,7 +21,7 @@ import pytest
 import fastxent
 from fastxent import _api, _backend
 
-from conftest import load_kernels
+from helpers import load_kernels
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 
