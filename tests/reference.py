@@ -35,6 +35,7 @@ class Rows(NamedTuple):
     counted: np.ndarray     # (R,) bool: not ignored
     loss_size: np.ndarray   # (R,) sum of |terms| of the loss (inf if a term is not finite)
     grad_size: np.ndarray   # (R,) Q + max q: the size of the gradient's terms
+    # (both sizes are 0 in a NaN row and an ignored row, which have no terms to round)
 
 
 def _row_maximum(v):
@@ -129,15 +130,20 @@ def rows(x, target, *, weight=None, ignore_index=-100, label_smoothing=0.0, z_lo
         log_s = np.log1p(s_rest)
         lse = m + log_s
         terms = np.where(mass != 0, mass * (log_s[:, None] - d), 0)
-        loss = terms.sum(axis=1) + dtype(z_loss) * lse ** 2
+        loss = terms.sum(axis=1)
         p = np.exp(d) / s[:, None]
         total = mass.sum(axis=1)[:, None]
-        d_loss_d_v = np.where(at_max, ((total - mass) - mass * s_rest[:, None]) / s[:, None],
-                              total * p - mass)
-        grad = (d_loss_d_v + 2 * dtype(z_loss) * lse[:, None] * p) * slope
-        loss_size = np.where(np.isfinite(terms).all(axis=1), np.abs(terms).sum(axis=1), np.inf)
-        grad_size = total[:, 0] + mass.max(axis=1, initial=0)
+        grad = np.where(at_max, ((total - mass) - mass * s_rest[:, None]) / s[:, None],
+                        total * p - mass)
+        if z_loss:  # (lse**2 may overflow where lse does not: no 0 * inf without a z-loss)
+            loss = loss + dtype(z_loss) * lse ** 2
+            grad = grad + 2 * dtype(z_loss) * lse[:, None] * p
+        grad = grad * slope
         nan_row = np.isnan(v).any(axis=1) | ~np.isfinite(m) | np.isnan(mass).any(axis=1)
+        no_terms = nan_row | ignored
+        loss_size = np.where(no_terms, 0, np.where(np.isfinite(terms).all(axis=1),
+                                                     np.abs(terms).sum(axis=1), np.inf))
+        grad_size = np.where(no_terms, 0, total[:, 0] + mass.max(axis=1, initial=0))
         loss = np.where(nan_row | zero_times_inf, np.nan, loss)
         grad = np.where(nan_row[:, None], np.nan, grad)
         loss = np.where(ignored, 0, loss)
