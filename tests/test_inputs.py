@@ -6,6 +6,8 @@ import pytest
 
 import fastxent
 
+import reference
+
 N, C = 64, 7
 
 
@@ -569,11 +571,7 @@ def test_minus_inf_logit_without_probability_mass_is_harmless_in_the_pytorch_fam
         loss, grad = fastxent.cross_entropy_with_grad(x, t, reduction="none", **kwargs)
         assert np.isfinite(loss).all() and np.isfinite(grad).all()
         assert grad[0, 1] == 0 and grad[1, 0] == 0 and grad[1, 1] == 0
-        w = weight if kwargs else np.ones(4)
-        finite = np.isfinite(x)
-        wide = np.where(finite, x, 0).astype(np.longdouble)
-        lse = np.log((np.exp(wide) * finite).sum(axis=1, keepdims=True))
-        expected = (w * t * np.where(finite, lse - wide, 0)).sum(axis=1)
+        expected = reference.rows(x, t, **kwargs).loss
         np.testing.assert_allclose(loss, expected.astype(np.float64), rtol=4 * np.finfo(dtype).eps)
     # smoothing puts mass on every class: the masked class now costs an infinite loss, not NaN
     loss = fastxent.cross_entropy(x, t, reduction="none", label_smoothing=0.1)
