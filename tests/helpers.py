@@ -29,6 +29,16 @@ def rng_for(*key):
     return np.random.default_rng(zlib.crc32(repr(key).encode()))
 
 
+def n_classes_of(shape):
+    """The number of classes of logits of ``shape`` in PyTorch's layout (axis 1, or 0 in 1-D)."""
+    return shape[1] if len(shape) > 1 else shape[0]
+
+
+def target_shape_of(shape):
+    """The shape of the class indices (and of the ``none`` losses) of logits of ``shape``."""
+    return shape[:1] + shape[2:] if len(shape) > 1 else ()
+
+
 def ulp_error(actual, exact):
     """|actual - exact| in ulps: units of the spacing of the exact value rounded to the dtype of
     ``actual`` (the exact value is given in long double)."""

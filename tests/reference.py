@@ -95,8 +95,9 @@ def rows(x, target, *, weight=None, ignore_index=-100, label_smoothing=0.0, z_lo
 
     ``ignore_index=None``: no row is ignored. Non-finite input as the README's table, on the
     logits after the softcap (which bounds +-inf): a row with a NaN or +inf logit, only -inf
-    logits, or a NaN in its label mass is NaN in loss and gradient; an ignored row is 0; with class indices, ``(1 - eps) w_y * inf`` is NaN where that
-    factor is 0 and the label's logit is -inf (as PyTorch).
+    logits, or a NaN in its label mass is NaN in loss and gradient; an ignored row is 0; with
+    class indices, ``(1 - eps) w_y * inf`` is NaN where that factor is 0 and the label's logit
+    is -inf (as PyTorch).
     """
     x = np.asarray(x, dtype=dtype)
     n_rows, n_classes = x.shape

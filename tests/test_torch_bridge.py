@@ -17,21 +17,13 @@ F = torch.nn.functional
 
 import fastxent._api  # noqa: E402
 import fastxent.torch as fxt  # noqa: E402
-from helpers import rng_for  # noqa: E402
+from helpers import n_classes_of, rng_for, target_shape_of  # noqa: E402
 
 SHAPES = [(7,), (12, 5), (6, 4, 3), (3, 5, 2, 4)]
 REDUCTIONS = ["mean", "sum", "none"]
 INT_DTYPES = [torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.uint16,
               torch.uint32, torch.uint64]
 TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
-
-
-def _n_classes(shape):
-    return shape[1] if len(shape) > 1 else shape[0]
-
-
-def _target_shape(shape):
-    return shape[:1] + shape[2:] if len(shape) > 1 else ()
 
 
 def _loss_and_grad(loss_fn, x, target, grad_output=None, **kwargs):
@@ -80,8 +72,8 @@ def kernel_calls(monkeypatch):
 def test_class_index_targets_match_torch(backend, dtype, shape, reduction, weighted, smoothing):
     rng = rng_for(shape, reduction, weighted, smoothing)
     x = torch.from_numpy((rng.standard_normal(shape) * 3).astype(dtype))
-    c = _n_classes(shape)
-    target = torch.from_numpy(rng.integers(0, c, _target_shape(shape)))
+    c = n_classes_of(shape)
+    target = torch.from_numpy(rng.integers(0, c, target_shape_of(shape)))
     weight = torch.from_numpy(rng.uniform(0.1, 2.0, c).astype(dtype)) if weighted else None
     grad_output = (torch.from_numpy(rng.standard_normal(target.shape).astype(dtype))
                    if reduction == "none" else torch.tensor(0.7, dtype=x.dtype))
@@ -96,9 +88,9 @@ def test_class_index_targets_match_torch(backend, dtype, shape, reduction, weigh
 def test_ignored_targets_match_torch(backend, dtype, shape, reduction, ignore_index, smoothing):
     rng = rng_for(shape, reduction, ignore_index, smoothing)
     x = torch.from_numpy(rng.standard_normal(shape).astype(dtype))
-    target = rng.integers(0, _n_classes(shape), _target_shape(shape))
+    target = rng.integers(0, n_classes_of(shape), target_shape_of(shape))
     target.reshape(-1)[::3] = ignore_index
-    weight = torch.from_numpy(rng.uniform(0.1, 2.0, _n_classes(shape)).astype(dtype))
+    weight = torch.from_numpy(rng.uniform(0.1, 2.0, n_classes_of(shape)).astype(dtype))
     _assert_matches_torch(x, torch.from_numpy(target), weight=weight, reduction=reduction,
                           ignore_index=ignore_index, label_smoothing=smoothing)
 
@@ -119,9 +111,9 @@ def test_all_targets_ignored_matches_torch(backend, dtype, reduction):
 def test_probability_targets_match_torch(backend, dtype, shape, reduction, smoothing):
     rng = rng_for("prob", shape, reduction, smoothing)
     x = torch.from_numpy(rng.standard_normal(shape).astype(dtype))
-    target = torch.from_numpy(rng.dirichlet(np.ones(_n_classes(shape)), _target_shape(shape))
+    target = torch.from_numpy(rng.dirichlet(np.ones(n_classes_of(shape)), target_shape_of(shape))
                               .astype(dtype)).movedim(-1, 1 if len(shape) > 1 else 0)
-    weight = torch.from_numpy(rng.uniform(0.1, 2.0, _n_classes(shape)).astype(dtype))
+    weight = torch.from_numpy(rng.uniform(0.1, 2.0, n_classes_of(shape)).astype(dtype))
     _assert_matches_torch(x, target, weight=weight, reduction=reduction, label_smoothing=smoothing)
 
 
@@ -164,13 +156,13 @@ def test_legacy_size_average_and_reduce_as_torch(backend):
 def test_gradcheck_float64(backend, shape, reduction):
     rng = rng_for("gradcheck", shape, reduction)
     x = torch.from_numpy(rng.standard_normal(shape)).requires_grad_(True)
-    c = _n_classes(shape)
-    target = torch.from_numpy(rng.integers(0, c, _target_shape(shape)))
+    c = n_classes_of(shape)
+    target = torch.from_numpy(rng.integers(0, c, target_shape_of(shape)))
     weight = torch.from_numpy(rng.uniform(0.5, 2.0, c))
     assert torch.autograd.gradcheck(
         lambda a: fxt.cross_entropy(a, target, weight=weight, reduction=reduction,
                                     label_smoothing=0.1), (x,))
-    probabilities = torch.from_numpy(rng.dirichlet(np.ones(c), _target_shape(shape))) \
+    probabilities = torch.from_numpy(rng.dirichlet(np.ones(c), target_shape_of(shape))) \
         .movedim(-1, 1 if len(shape) > 1 else 0)
     assert torch.autograd.gradcheck(
         lambda a: fxt.cross_entropy(a, probabilities, reduction=reduction), (x,))
