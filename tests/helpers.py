@@ -29,6 +29,17 @@ def rng_for(*key):
     return np.random.default_rng(zlib.crc32(repr(key).encode()))
 
 
+def numerical_gradient(f, x, h=1e-6):
+    """Central differences of the scalar function ``f`` at ``x``, step ``h``."""
+    grad = np.empty_like(x)
+    for i in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[i] += h
+        down[i] -= h
+        grad[i] = (f(up) - f(down)) / (2 * h)
+    return grad
+
+
 def n_classes_of(shape):
     """The number of classes of logits of ``shape`` in PyTorch's layout (axis 1, or 0 in 1-D)."""
     return shape[1] if len(shape) > 1 else shape[0]

@@ -6,17 +6,7 @@ import pytest
 import fastxent
 
 import reference
-
-
-def numerical_gradient(f, x, h=1e-6):
-    """Central differences of the scalar function f at x."""
-    grad = np.empty_like(x)
-    for i in np.ndindex(x.shape):
-        up, down = x.copy(), x.copy()
-        up[i] += h
-        down[i] -= h
-        grad[i] = (f(up) - f(down)) / (2 * h)
-    return grad
+from helpers import numerical_gradient
 
 
 def _check(loss_of, grad, x):
