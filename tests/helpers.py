@@ -40,6 +40,41 @@ def numerical_gradient(f, x, h=1e-6):
     return grad
 
 
+def in_layout(arr, layout, rng=None):
+    """A copy of ``arr``, equal to it, laid out in memory as ``layout``: ``C``; ``fortran``;
+    ``strided``, every k-th element of a larger array along each axis (k = 2, 3, 2, 3, ... or,
+    with ``rng``, drawn from 1 to 3); ``negative strides``, reversed along axis 0 only (the rows
+    read backwards, each as laid out); ``every stride negative``; ``read-only``; ``non-native
+    byte order``; ``misaligned`` (one byte off its dtype's alignment)."""
+    if layout == "C":
+        return arr.copy()
+    if layout == "fortran":
+        return np.asfortranarray(arr)
+    if layout == "strided":
+        steps = (tuple(int(s) for s in rng.integers(1, 4, arr.ndim)) if rng is not None
+                 else tuple(2 + k % 2 for k in range(arr.ndim)))
+        big = np.zeros(tuple(max(1, n * s) for n, s in zip(arr.shape, steps)), dtype=arr.dtype)
+        view = big[tuple(slice(0, n * s, s) for n, s in zip(arr.shape, steps))]
+        view[...] = arr
+        return view
+    if layout == "negative strides":
+        return np.ascontiguousarray(arr[::-1])[::-1]
+    if layout == "every stride negative":
+        return np.flip(np.flip(arr).copy())
+    if layout == "read-only":
+        out = arr.copy()
+        out.flags.writeable = False
+        return out
+    if layout == "non-native byte order":
+        return arr.astype(arr.dtype.newbyteorder("S"))
+    if layout == "misaligned":
+        buf = np.zeros(arr.nbytes + 1, dtype=np.uint8)[1:]
+        out = buf.view(arr.dtype).reshape(arr.shape) if arr.size else arr.copy()
+        out[...] = arr
+        return out
+    raise AssertionError(layout)
+
+
 def n_classes_of(shape):
     """The number of classes of logits of ``shape`` in PyTorch's layout (axis 1, or 0 in 1-D)."""
     return shape[1] if len(shape) > 1 else shape[0]

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 import fastxent
 
 import reference
+from helpers import in_layout
 
 FUZZ = settings(
     max_examples=int(os.environ.get("FASTXENT_FUZZ_EXAMPLES", "150")),
@@ -33,7 +34,7 @@ FUZZ = settings(
 FLOAT_DTYPES = [np.float16, np.float32, np.float64, np.longdouble]
 INT_DTYPES = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64]
 LOGIT_DTYPES = FLOAT_DTYPES + INT_DTYPES + [np.bool_]
-LAYOUTS = ["C", "fortran", "strided", "negative strides", "read-only", "non-native byte order",
+LAYOUTS = ["C", "fortran", "strided", "every stride negative", "read-only", "non-native byte order",
            "misaligned"]
 
 
@@ -94,35 +95,6 @@ def arrays(draw, dtype, shape, elements):
     with np.errstate(all="ignore"):
         return np.array(values, dtype=object).astype(dtype).reshape(shape) if size else \
             np.zeros(shape, dtype=dtype)
-
-
-def in_layout(arr, layout, rng):
-    """An array equal to ``arr`` laid out in memory as ``layout``."""
-    if layout == "C":
-        return arr.copy()
-    if layout == "fortran":
-        return np.asfortranarray(arr)
-    if layout == "strided":
-        steps = tuple(int(s) for s in rng.integers(1, 4, arr.ndim))
-        big = np.zeros(tuple(max(1, n * s) for n, s in zip(arr.shape, steps)), dtype=arr.dtype)
-        view = big[tuple(slice(0, n * s, s) for n, s in zip(arr.shape, steps))]
-        view[...] = arr
-        return view
-    if layout == "negative strides":
-        flipped = np.flip(arr).copy()
-        return np.flip(flipped)
-    if layout == "read-only":
-        out = arr.copy()
-        out.flags.writeable = False
-        return out
-    if layout == "non-native byte order":
-        return arr.astype(arr.dtype.newbyteorder("S"))
-    if layout == "misaligned":
-        buf = np.zeros(arr.nbytes + 1, dtype=np.uint8)[1:]
-        out = buf.view(arr.dtype).reshape(arr.shape) if arr.size else arr.copy()
-        out[...] = arr
-        return out
-    raise AssertionError(layout)
 
 
 def snapshot(arr):
