@@ -114,18 +114,18 @@ def rows(x, target, *, weight=None, ignore_index=-100, label_smoothing=0.0, z_lo
             mass = np.broadcast_to(w * eps / n_classes, x.shape).copy()
             mass[np.arange(n_rows), safe] += (1 - eps) * w_y
             mean_weight = np.where(ignored, 0, w_y)
-            label_logit = x[np.arange(n_rows), safe]
-            zero_times_inf = ((1 - eps) * w_y == 0) & np.isneginf(label_logit)
+            label_mass_zero = (1 - eps) * w_y == 0
         else:
             ignored = np.zeros(n_rows, bool)
             mass = w * ((1 - eps) * target.astype(dtype) + eps / n_classes)
             mean_weight = np.ones(n_rows, dtype)
-            zero_times_inf = np.zeros(n_rows, bool)
+            safe, label_mass_zero = np.zeros(n_rows, np.int64), np.zeros(n_rows, bool)
         if softcap is None:
             v, slope = x, dtype(1)
         else:
             cap = dtype(softcap)
             v, slope = cap * np.tanh(x / cap), 1 / np.cosh(x / cap) ** 2
+        zero_times_inf = label_mass_zero & np.isneginf(v[np.arange(n_rows), safe])
         m, d, at_max, s_rest = _shifted(v)
         s = 1 + s_rest
         log_s = np.log1p(s_rest)

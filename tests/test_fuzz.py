@@ -5,9 +5,9 @@ bool) in any layout (C, Fortran, strided, negative strides, read-only, non-nativ
 misaligned), with extreme values mixed in (the largest finite values, +-inf, NaN, denormals,
 -0), labels of any integer width in and out of range, ``ignore_index`` anywhere, extreme weights
 and every option. The call must either raise the documented exception or return the documented
-result, which is computed here independently (NumPy, float64, the formulas of docs/numerics.md and the
-README's "Non-finite input" table), with NaN and inf in exactly the documented places; and the
-inputs must be unchanged. Runs on both backends. ``FASTXENT_FUZZ_EXAMPLES`` sets the examples
+result, which is computed independently of the kernels by tests/reference.py in float64 (the
+formulas of docs/numerics.md and the README's "Non-finite input" table), with NaN and inf in
+exactly the documented places; and the inputs must be unchanged. Runs on both backends. ``FASTXENT_FUZZ_EXAMPLES`` sets the examples
 per test (default 150); ``pytest --hypothesis-show-statistics`` counts them.
 """
 
