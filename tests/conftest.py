@@ -6,32 +6,14 @@ compiled cases skip, except under ``FASTXENT_REQUIRE_EXTENSION=1`` (CI), where t
 must never test the fallback twice.
 """
 
-import importlib
-
 import numpy as np
 import pytest
 
 import fastxent
-from fastxent._flags import env_flag
+from helpers import load_kernels
 
 BACKENDS = ("compiled", "python")
 DTYPES = (np.float32, np.float64)
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: long-running cases (deselect with -m 'not slow')")
-
-
-def load_kernels(name):
-    """The kernel module called ``name``, skipping (or failing in CI) if it is unavailable."""
-    if name == "python":
-        return importlib.import_module("fastxent._kernels_py")
-    try:
-        return importlib.import_module("fastxent._kernels_c")
-    except ImportError as exc:
-        if env_flag("FASTXENT_REQUIRE_EXTENSION"):
-            pytest.fail(f"FASTXENT_REQUIRE_EXTENSION=1 but fastxent._kernels_c is missing: {exc}")
-        pytest.skip(f"compiled extension fastxent._kernels_c unavailable: {exc}")
 
 
 @pytest.fixture(params=BACKENDS)

@@ -4,8 +4,6 @@ Per-row losses and gradients are the same bits as in memory (each row goes throu
 kernel); reduced losses add per-block sums in another order, so they agree to an ulp or two.
 """
 
-import zlib
-
 import numpy as np
 import pytest
 
@@ -14,6 +12,7 @@ da = pytest.importorskip("dask.array", reason="Dask is not installed: fastxent.d
 import fastxent  # noqa: E402
 import fastxent._api  # noqa: E402
 import fastxent.dask as fxd  # noqa: E402
+from helpers import assert_ulps, assert_ulps_of_largest, rng_for  # noqa: E402
 
 REDUCTIONS = ["mean", "sum", "none"]
 # rows chunked evenly, unevenly, with empty chunks, and with the class axis split (rechunked)
@@ -26,31 +25,13 @@ CHUNKINGS = {
 }
 
 
-def _rng(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
-
-
-def _assert_ulps(actual, expected, ulps=4):
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    assert actual.dtype == expected.dtype and actual.shape == expected.shape
-    spacing = np.spacing(np.abs(expected).astype(expected.dtype))
-    np.testing.assert_array_less(np.abs(actual.astype(np.float64) - expected), ulps * spacing + 1e-300)
-
-
-def _assert_close_to_scale(actual, expected, ulps=4):
-    """Within a few ulps of the largest element (gradients: smoothing terms cancel in small ones)."""
-    assert actual.dtype == expected.dtype and actual.shape == expected.shape
-    tolerance = ulps * np.spacing(np.abs(expected).max())
-    np.testing.assert_array_less(np.abs(actual.astype(np.float64) - expected), tolerance)
-
-
 def _assert_same(actual, expected, reduction):
     if reduction == "none":
         np.testing.assert_array_equal(actual, expected, strict=True)
     elif np.isnan(expected):
         assert np.isnan(actual) and np.asarray(actual).dtype == np.asarray(expected).dtype
     else:
-        _assert_ulps(actual, expected)
+        assert_ulps(actual, expected)
 
 
 @pytest.fixture
@@ -75,7 +56,7 @@ def kernel_calls(monkeypatch):
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("options", ["plain", "weighted", "ignored", "smoothed"])
 def test_chunked_equals_in_memory(backend, dtype, chunks, reduction, options):
-    rng = _rng(chunks, reduction, options)
+    rng = rng_for(chunks, reduction, options)
     x = (rng.standard_normal((16, 7)) * 3).astype(dtype)
     y = rng.integers(0, 7, 16)
     kwargs = {"reduction": reduction}
@@ -99,7 +80,7 @@ def test_chunked_equals_in_memory(backend, dtype, chunks, reduction, options):
     _assert_same(loss, expected_loss, reduction)
     if reduction == "mean" and "weight" in kwargs:
         # the total weight (the mean's denominator) is summed per block: an ulp or two apart
-        _assert_close_to_scale(grad, expected_grad)
+        assert_ulps_of_largest(grad, expected_grad)
     else:
         np.testing.assert_array_equal(grad, expected_grad, strict=True)
     _assert_same(fxd.cross_entropy(dx, y, **kwargs).compute(),
@@ -108,7 +89,7 @@ def test_chunked_equals_in_memory(backend, dtype, chunks, reduction, options):
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_spatial_input_chunked_along_every_row_axis(backend, dtype, reduction):
-    rng = _rng("spatial", reduction)
+    rng = rng_for("spatial", reduction)
     x = rng.standard_normal((5, 4, 6, 3)).astype(dtype)  # (N, C, d1, d2)
     y = rng.integers(0, 4, (5, 6, 3))
     y[0, :, 1] = -100
@@ -122,7 +103,7 @@ def test_spatial_input_chunked_along_every_row_axis(backend, dtype, reduction):
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_probability_targets(backend, dtype, reduction):
-    rng = _rng("prob", reduction)
+    rng = rng_for("prob", reduction)
     x = rng.standard_normal((13, 5)).astype(dtype)
     t = rng.dirichlet(np.ones(5), 13).astype(dtype)
     w = rng.uniform(0.5, 2.0, 5)
@@ -144,7 +125,7 @@ def test_all_targets_ignored_is_nan_with_zero_gradient(backend, dtype):
 def test_targets_whose_classes_all_weigh_zero_give_the_in_memory_nan_gradient(backend, dtype):
     # mean over counted targets of total weight 0: PyTorch's gradient is go / 0 = NaN (not the
     # zeros of "every target ignored")
-    x = _rng("zero weight", dtype).standard_normal((6, 3)).astype(dtype)
+    x = rng_for("zero weight", dtype).standard_normal((6, 3)).astype(dtype)
     t = np.array([0, 0, 1, -100, 0, 1])
     w = np.array([0.0, 0.0, 1.0])
     expected = fastxent.cross_entropy_with_grad(x, t, weight=w)
@@ -158,15 +139,15 @@ def test_targets_whose_classes_all_weigh_zero_give_the_in_memory_nan_gradient(ba
 def test_huge_class_weights_do_not_overflow_the_mean(backend, dtype):
     # the total weight (3e308 here) overflows: the mean is taken with the weights scaled by a
     # power of two, as in memory (another power: subnormal gradients may round differently)
-    x = _rng("huge weight", dtype).standard_normal((6, 3)).astype(dtype)
+    x = rng_for("huge weight", dtype).standard_normal((6, 3)).astype(dtype)
     t = np.array([0, 0, 1, 1, 0, 2])
     for w in (np.full(3, 1e308), np.array([1e308, 1e-300, 2.0])):
         expected = fastxent.cross_entropy_with_grad(x, t, weight=w)
         loss, grad = da.compute(*fxd.cross_entropy_with_grad(da.from_array(x, chunks=(2, 3)), t,
                                                              weight=w))
         assert np.isfinite(expected[0])
-        _assert_ulps(loss, expected[0])
-        _assert_close_to_scale(grad, expected[1])
+        assert_ulps(loss, expected[0])
+        assert_ulps_of_largest(grad, expected[1])
 
 
 def test_one_dimensional_input_is_one_row(backend):
@@ -229,7 +210,7 @@ def test_argument_errors_raise_when_the_graph_is_built():
 # ------------------------------------------------------------------------------------------
 
 def test_lazy_and_one_kernel_call_per_block(backend, kernel_calls):
-    rng = _rng("calls")
+    rng = rng_for("calls")
     x = da.from_array(rng.standard_normal((20, 4)), chunks=((5, 5, 5, 5), 4))
     y = rng.integers(0, 4, 20)
     loss, grad = fxd.cross_entropy_with_grad(x, y)
@@ -259,7 +240,7 @@ def test_threads_per_block(backend, monkeypatch):
 # ------------------------------------------------------------------------------------------
 
 def test_tensorflow_family(backend, dtype):
-    rng = _rng("tf")
+    rng = rng_for("tf")
     x = rng.standard_normal((9, 2, 6)).astype(dtype)
     labels = rng.integers(0, 6, (9, 2))
     dense = rng.dirichlet(np.ones(9), (2, 6)).astype(dtype).transpose(2, 0, 1)  # axis 0
@@ -273,7 +254,7 @@ def test_tensorflow_family(backend, dtype):
     # rows along axis 0 are strided, and a block's strides are not the whole array's: the class
     # sums run in another order (README, "Backends, threads and determinism"), an ulp apart
     for lazy, expected in cases:
-        _assert_ulps(lazy.compute(), expected)
+        assert_ulps(lazy.compute(), expected)
     for lazy_pair, expected_pair in [
         (fxd.sparse_softmax_cross_entropy_with_logits_and_grad(labels, dx),
          fastxent.sparse_softmax_cross_entropy_with_logits_and_grad(labels, x)),
@@ -281,8 +262,8 @@ def test_tensorflow_family(backend, dtype):
          fastxent.softmax_cross_entropy_with_logits_and_grad(dense, x, axis=0)),
     ]:
         loss, grad = da.compute(*lazy_pair)
-        _assert_ulps(loss, expected_pair[0])
-        _assert_close_to_scale(grad, expected_pair[1])
+        assert_ulps(loss, expected_pair[0])
+        assert_ulps_of_largest(grad, expected_pair[1])
     bad = labels.copy()
     bad[7, 1] = 6
     with pytest.raises(IndexError) as in_memory:
@@ -295,7 +276,7 @@ def test_tensorflow_family(backend, dtype):
 @pytest.mark.parametrize("name", ["softmax", "log_softmax", "logsumexp"])
 @pytest.mark.parametrize("axis", [-1, 1])
 def test_normalisers(backend, dtype, name, axis):
-    x = _rng(name).standard_normal((7, 5, 4)).astype(dtype)
+    x = rng_for(name).standard_normal((7, 5, 4)).astype(dtype)
     dx = da.from_array(x, chunks=((2, 0, 5), (2, 3), 4))
     got = getattr(fxd, name)(dx, axis=axis)
     np.testing.assert_array_equal(got.compute(), getattr(fastxent, name)(x, axis=axis), strict=True)
@@ -306,7 +287,7 @@ def test_normalisers(backend, dtype, name, axis):
 # ------------------------------------------------------------------------------------------
 
 def _problem():
-    rng = _rng("schedulers")
+    rng = rng_for("schedulers")
     x = rng.standard_normal((300, 11)).astype(np.float32)
     y = rng.integers(0, 11, 300)
     y[::7] = -100
@@ -329,8 +310,8 @@ def test_distributed_local_cluster():
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
                                   dashboard_address=None) as cluster, distributed.Client(cluster):
         loss, grad = da.compute(*fxd.cross_entropy_with_grad(dx, y, weight=np.linspace(0.5, 2, 11)))
-    _assert_ulps(loss, expected[0])
-    _assert_close_to_scale(grad, expected[1])  # weighted mean: the denominator is summed per block
+    assert_ulps(loss, expected[0])
+    assert_ulps_of_largest(grad, expected[1])  # weighted mean: the denominator is summed per block
 
 
 def test_readme_example_runs(backend):

@@ -5,9 +5,9 @@ bool) in any layout (C, Fortran, strided, negative strides, read-only, non-nativ
 misaligned), with extreme values mixed in (the largest finite values, +-inf, NaN, denormals,
 -0), labels of any integer width in and out of range, ``ignore_index`` anywhere, extreme weights
 and every option. The call must either raise the documented exception or return the documented
-result, which is computed here independently (NumPy, float64, the formulas of docs/numerics.md and the
-README's "Non-finite input" table), with NaN and inf in exactly the documented places; and the
-inputs must be unchanged. Runs on both backends. ``FASTXENT_FUZZ_EXAMPLES`` sets the examples
+result, which is computed independently of the kernels by tests/reference.py in float64 (the
+formulas of docs/numerics.md and the README's "Non-finite input" table), with NaN and inf in
+exactly the documented places; and the inputs must be unchanged. Runs on both backends. ``FASTXENT_FUZZ_EXAMPLES`` sets the examples
 per test (default 150); ``pytest --hypothesis-show-statistics`` counts them.
 """
 
@@ -20,6 +20,9 @@ from hypothesis import strategies as st
 
 import fastxent
 
+import reference
+from helpers import in_layout
+
 FUZZ = settings(
     max_examples=int(os.environ.get("FASTXENT_FUZZ_EXAMPLES", "150")),
     deadline=None,
@@ -31,7 +34,7 @@ FUZZ = settings(
 FLOAT_DTYPES = [np.float16, np.float32, np.float64, np.longdouble]
 INT_DTYPES = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64]
 LOGIT_DTYPES = FLOAT_DTYPES + INT_DTYPES + [np.bool_]
-LAYOUTS = ["C", "fortran", "strided", "negative strides", "read-only", "non-native byte order",
+LAYOUTS = ["C", "fortran", "strided", "every stride negative", "read-only", "non-native byte order",
            "misaligned"]
 
 
@@ -94,35 +97,6 @@ def arrays(draw, dtype, shape, elements):
             np.zeros(shape, dtype=dtype)
 
 
-def in_layout(arr, layout, rng):
-    """An array equal to ``arr`` laid out in memory as ``layout``."""
-    if layout == "C":
-        return arr.copy()
-    if layout == "fortran":
-        return np.asfortranarray(arr)
-    if layout == "strided":
-        steps = tuple(int(s) for s in rng.integers(1, 4, arr.ndim))
-        big = np.zeros(tuple(max(1, n * s) for n, s in zip(arr.shape, steps)), dtype=arr.dtype)
-        view = big[tuple(slice(0, n * s, s) for n, s in zip(arr.shape, steps))]
-        view[...] = arr
-        return view
-    if layout == "negative strides":
-        flipped = np.flip(arr).copy()
-        return np.flip(flipped)
-    if layout == "read-only":
-        out = arr.copy()
-        out.flags.writeable = False
-        return out
-    if layout == "non-native byte order":
-        return arr.astype(arr.dtype.newbyteorder("S"))
-    if layout == "misaligned":
-        buf = np.zeros(arr.nbytes + 1, dtype=np.uint8)[1:]
-        out = buf.view(arr.dtype).reshape(arr.shape) if arr.size else arr.copy()
-        out[...] = arr
-        return out
-    raise AssertionError(layout)
-
-
 def snapshot(arr):
     """Everything about an input that a call must leave unchanged."""
     if not isinstance(arr, np.ndarray):
@@ -136,51 +110,9 @@ def assert_unchanged(inputs, before):
 
 
 # ------------------------------------------------------------------------------------------
-# The independent reference: float64 NumPy, following docs/numerics.md and the README table
+# The independent reference: tests/reference.py computing in float64 (the formulas of
+# docs/numerics.md and the README table), the tolerances derived from the size of its terms
 # ------------------------------------------------------------------------------------------
-
-def reference_rows(x, q, ignored, sparse_w_label=None, label_d=None):
-    """Per-row loss and unscaled gradient ``Q p - q`` of rows ``x`` (R, C) with label mass ``q``.
-
-    ``x`` is float64 (the logits as the kernel sees them). A row with a NaN, a +inf or only -inf
-    is NaN in loss and gradient; an ignored row is 0. Terms with q_c = 0 are skipped (a -inf
-    logit without label mass costs nothing). ``sparse_w_label``: for class-index targets,
-    w_y * inf is NaN when the label's class has weight 0 and logit -inf (as PyTorch).
-    """
-    n_rows, n_classes = x.shape
-    loss = np.zeros(n_rows)
-    grad = np.zeros((n_rows, n_classes))
-    scale = np.zeros(n_rows)  # the size of the terms, for the tolerance
-    gscale = np.zeros(n_rows)
-    with np.errstate(all="ignore"):
-        for r in range(n_rows):
-            if ignored[r]:
-                continue
-            row = x[r]
-            m = np.max(row[~np.isnan(row)]) if (~np.isnan(row)).any() else -np.inf
-            if np.isnan(row).any() or not np.isfinite(m):
-                loss[r] = np.nan
-                grad[r] = np.nan
-                continue
-            d = row - m
-            at_max = d == 0
-            s_rest = np.exp(d[~at_max]).sum() + (at_max.sum() - 1)
-            log_s = np.log1p(s_rest)
-            mass = q[r]
-            used = mass != 0
-            terms = mass[used] * (log_s - d[used])
-            loss[r] = terms.sum()
-            if sparse_w_label is not None and sparse_w_label[r] == 0 and np.isneginf(label_d[r]):
-                loss[r] = np.nan  # (1 - eps) w_y (lse - x_y) = 0 * inf, as PyTorch
-            scale[r] = np.abs(terms).sum() if np.isfinite(terms).all() else np.inf
-            p = np.exp(d) / (1.0 + s_rest)
-            grad[r] = mass.sum() * p - mass
-            # at the maximum, Q p - q without its cancellation (Q / s - q is 0 or an ulp of q
-            # where the exact value is -q s_rest / s for a one-hot target, tiny but not 0)
-            grad[r][at_max] = ((mass.sum() - mass[at_max]) - mass[at_max] * s_rest) / (1.0 + s_rest)
-            gscale[r] = mass.sum() + mass.max()  # the size of the gradient's terms
-    return loss, grad, scale, gscale
-
 
 def as_rows(arr, axis):
     """(R, C) rows of ``arr`` with classes on ``axis``, in the order of the per-row results."""
@@ -289,23 +221,14 @@ def sparse_reference(x, labels, ignore_index, reduction, label_smoothing, weight
         # (exact) near a total of 1, as far as the largest weight allows, so that the float64
         # reference does not overflow where the mean itself does not
         w = np.ldexp(w, min(-int(np.frexp(total)[1]), 1023 - int(np.frexp(w.max())[1])))
-    eps = label_smoothing
-    q = np.zeros_like(rows)
-    q[:] = w * eps / n_classes
-    q[np.arange(len(yi)), yi] += (1 - eps) * w[yi]
-    w_y = np.where(ignored, 1.0, w[yi])
-    label_d = rows[np.arange(len(yi)), yi] if len(yi) else np.zeros(0)
-    loss, grad, scale, gscale = reference_rows(rows, q, ignored, sparse_w_label=(1 - eps) * w_y,
-                                               label_d=label_d)
-    denominator = w_y[~ignored].sum() if reduction == "mean" else 1.0
-    if reduction == "none":
-        coef = np.broadcast_to(np.asarray(grad_output, dtype=np.float64), np.shape(labels)).reshape(-1)
-    elif denominator != 0:
-        coef = np.full(len(y), grad_output / denominator)
-    else:
-        coef = np.full(len(y), np.nan if (~ignored).any() else 0.0)
+    targets = np.array([int(v) for v in y], dtype=np.int64)  # in range or ignore_index
+    per_row = reference.rows(rows, targets, weight=w, ignore_index=ignore_index,
+                             label_smoothing=label_smoothing, dtype=np.float64)
+    coef, denominator = reference.gradient_scale(per_row, reduction, grad_output, np.shape(labels),
+                                                 dtype=np.float64)
     with np.errstate(all="ignore"):
-        grad = np.where(ignored[:, None], 0.0, grad * coef[:, None])
+        grad = np.where(ignored[:, None], 0.0, per_row.grad * coef[:, None])
+    loss, scale, gscale = per_row.loss, per_row.loss_size, per_row.grad_size
     return loss, grad, scale, gscale * np.abs(coef), denominator
 
 
@@ -422,10 +345,8 @@ def dense_reference(x, t, axis, weight, smoothing):
     xc = np.asarray(x).astype(compute).astype(np.float64)
     tc = np.asarray(t).astype(compute).astype(np.float64)
     rows, trows = as_rows(xc, axis), as_rows(tc, axis)
-    n_classes = xc.shape[axis]
-    w = np.ones(n_classes) if weight is None else weight
-    q = w * ((1 - smoothing) * trows + smoothing / n_classes)
-    return reference_rows(rows, q, np.zeros(len(rows), dtype=bool))
+    per_row = reference.rows(rows, trows, weight=weight, label_smoothing=smoothing, dtype=np.float64)
+    return per_row.loss, per_row.grad, per_row.loss_size, per_row.grad_size
 
 
 def moved_back(rows, shape, axis):
@@ -508,23 +429,11 @@ def normaliser_problems(draw):
 
 
 def normaliser_reference(x, axis):
-    compute = compute_dtype(x.dtype)
-    rows = as_rows(np.asarray(x).astype(compute).astype(np.float64), axis)
-    lse, soft, log_soft = (np.empty(len(rows)), np.empty(rows.shape), np.empty(rows.shape))
-    with np.errstate(all="ignore"):
-        for r, row in enumerate(rows):
-            m = np.max(row[~np.isnan(row)]) if (~np.isnan(row)).any() else -np.inf
-            if np.isnan(row).any():
-                lse[r], soft[r], log_soft[r] = np.nan, np.nan, np.nan
-            elif not np.isfinite(m):  # all -inf, or a +inf: scipy's logsumexp, softmax NaN
-                lse[r], soft[r], log_soft[r] = m, np.nan, np.nan
-            else:
-                d = row - m
-                s_rest = np.exp(d[d != 0]).sum() + ((d == 0).sum() - 1)
-                lse[r] = m + np.log1p(s_rest)
-                soft[r] = np.exp(d) / (1 + s_rest)
-                log_soft[r] = d - np.log1p(s_rest)
-    return lse, soft, log_soft, np.abs(rows).max(axis=1, initial=0)
+    """(logsumexp, softmax, log_softmax, max |x| per row) of ``x`` as the kernels see it."""
+    xc = np.asarray(x).astype(compute_dtype(x.dtype)).astype(np.float64)
+    return (reference.logsumexp(xc, axis, np.float64), reference.softmax(xc, axis, np.float64),
+            reference.log_softmax(xc, axis, np.float64),
+            np.abs(as_rows(xc, axis)).max(axis=1, initial=0))
 
 
 @FUZZ
@@ -543,10 +452,10 @@ def test_normalisers_return_the_documented_result(backend, problem):
               (16 * eps * (size + 1)).reshape(np.delete(x.shape, ax)), "logsumexp")
         got = fastxent.softmax(x, axis=axis, n_threads=n_threads)
         assert got.dtype == result and got.shape == x.shape
-        close(got, moved_back(soft, x.shape, ax).astype(result), result, 16 * eps, "softmax")
+        close(got, soft.astype(result), result, 16 * eps, "softmax")
         got = fastxent.log_softmax(x, axis=axis, n_threads=n_threads)
-        close(got, moved_back(log_soft, x.shape, ax).astype(result), result,
-              moved_back(np.broadcast_to((16 * eps * (size + 1))[:, None], log_soft.shape),
+        close(got, log_soft.astype(result), result,
+              moved_back(np.broadcast_to((16 * eps * (size + 1))[:, None], as_rows(x, ax).shape),
                          x.shape, ax), "log_softmax")
     assert snapshot(x) == before
 

@@ -1,8 +1,8 @@
 """linear_cross_entropy(_with_grad): the fused output layer + cross-entropy, chunked.
 
 The reference is the unfused computation in float64: logits = hidden @ weight.T + bias from the
-same inputs, then the plain float64 formulas of test_zloss_softcap.reference; the gradients are
-G @ weight, G.T @ hidden and G.sum(0) with G = d loss / d logits.
+same inputs, then tests/reference.py computing in float64; the gradients are G @ weight,
+G.T @ hidden and G.sum(0) with G = d loss / d logits.
 """
 
 import tracemalloc
@@ -13,7 +13,7 @@ import pytest
 import fastxent
 from fastxent import _linear
 
-from test_zloss_softcap import reference
+import reference
 
 # float32 inputs: the products are rounded in float32 (relative error ~ sqrt(H) eps)
 RTOL = {np.float32: 2e-5, np.float64: 1e-12}
@@ -31,13 +31,8 @@ def _inputs(rng, dtype, n=29, h=12, v=45, scale=1.0):
 def _unfused(hidden, weight, target, bias=None, reduction="mean", grad_output=1.0, **kw):
     h64, w64 = hidden.astype(np.float64), weight.astype(np.float64)
     logits = h64 @ w64.T + (0.0 if bias is None else bias.astype(np.float64))
-    rows, g_rows, den = reference(logits, target, **kw)
-    if reduction == "none":
-        loss, g = rows, g_rows * np.asarray(grad_output, dtype=np.float64)[:, None]
-    elif reduction == "sum":
-        loss, g = rows.sum(), g_rows * grad_output
-    else:
-        loss, g = rows.sum() / den, g_rows * grad_output / den
+    loss, g = reference.cross_entropy(logits, target, reduction=reduction,
+                                      grad_output=grad_output, dtype=np.float64, **kw)
     grads = [g @ w64, g.T @ h64] + ([g.sum(0)] if bias is not None else [])
     return loss, grads
 

@@ -3,7 +3,6 @@
 import os
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -11,7 +10,7 @@ from hypothesis.extra import numpy as hnp
 import fastxent
 from fastxent import _backend, _kernels_py
 
-from conftest import load_kernels
+from helpers import load_kernels
 
 # The backend fixture (a monkeypatch) stays the same for every example of a test, which is
 # what function-scoped fixtures under hypothesis warn about: here it is intended.
@@ -32,7 +31,6 @@ def logits_and_labels(draw, dtype, max_classes=40):
     return x, labels
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @given(data=st.data())
 def test_loss_is_invariant_to_shifting_a_row(backend, dtype, data):
     x, labels = data.draw(logits_and_labels(dtype))
@@ -42,7 +40,6 @@ def test_loss_is_invariant_to_shifting_a_row(backend, dtype, data):
     np.testing.assert_allclose(a, b, rtol=8 * np.finfo(dtype).eps, atol=4 * np.finfo(dtype).eps)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @given(data=st.data())
 def test_softmax_rows_sum_to_one_and_gradient_rows_to_zero(backend, dtype, data):
     x, labels = data.draw(logits_and_labels(dtype))
@@ -79,7 +76,6 @@ def _every_result(x, labels, dense, weight, smoothing):
     return [np.asarray(r, dtype=np.float64) for r in results]
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @given(data=st.data())
 def test_compiled_and_fallback_agree_within_a_few_ulps(dtype, data, monkeypatch):
     compiled = load_kernels("compiled")
@@ -102,7 +98,6 @@ def test_compiled_and_fallback_agree_within_a_few_ulps(dtype, data, monkeypatch)
         np.testing.assert_allclose(c, p, rtol=8 * eps, atol=8 * eps * max(1.0, scale), err_msg=f"result {i}")
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @given(data=st.data())
 def test_losses_are_non_negative_and_mean_is_between_min_and_max(backend, dtype, data):
     x, labels = data.draw(logits_and_labels(dtype))
@@ -112,7 +107,6 @@ def test_losses_are_non_negative_and_mean_is_between_min_and_max(backend, dtype,
     assert losses.min() * (1 - 4 * np.finfo(dtype).eps) <= mean <= losses.max() * (1 + 4 * np.finfo(dtype).eps)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @given(data=st.data())
 def test_softmax_and_dense_loss_are_invariant_to_shifting_a_row(backend, dtype, data):
     x, _ = data.draw(logits_and_labels(dtype))
@@ -128,7 +122,6 @@ def test_softmax_and_dense_loss_are_invariant_to_shifting_a_row(backend, dtype, 
     np.testing.assert_allclose(ga, gb, rtol=8 * eps, atol=8 * eps * max(1.0, t.sum(axis=1).max()))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @given(data=st.data())
 def test_weighted_smoothed_gradient_rows_sum_to_zero_and_reductions_agree(backend, dtype, data):
     x, labels = data.draw(logits_and_labels(dtype))

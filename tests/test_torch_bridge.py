@@ -8,7 +8,6 @@ float32, fastxent in double), float64 at a few float64 ulps.
 import doctest
 import pathlib
 import re
-import zlib
 
 import numpy as np
 import pytest
@@ -18,24 +17,13 @@ F = torch.nn.functional
 
 import fastxent._api  # noqa: E402
 import fastxent.torch as fxt  # noqa: E402
+from helpers import n_classes_of, rng_for, target_shape_of  # noqa: E402
 
 SHAPES = [(7,), (12, 5), (6, 4, 3), (3, 5, 2, 4)]
 REDUCTIONS = ["mean", "sum", "none"]
 INT_DTYPES = [torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.uint16,
               torch.uint32, torch.uint64]
 TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
-
-
-def _rng(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
-
-
-def _n_classes(shape):
-    return shape[1] if len(shape) > 1 else shape[0]
-
-
-def _target_shape(shape):
-    return shape[:1] + shape[2:] if len(shape) > 1 else ()
 
 
 def _loss_and_grad(loss_fn, x, target, grad_output=None, **kwargs):
@@ -82,10 +70,10 @@ def kernel_calls(monkeypatch):
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 @pytest.mark.parametrize("smoothing", [0.0, 0.15])
 def test_class_index_targets_match_torch(backend, dtype, shape, reduction, weighted, smoothing):
-    rng = _rng(shape, reduction, weighted, smoothing)
+    rng = rng_for(shape, reduction, weighted, smoothing)
     x = torch.from_numpy((rng.standard_normal(shape) * 3).astype(dtype))
-    c = _n_classes(shape)
-    target = torch.from_numpy(rng.integers(0, c, _target_shape(shape)))
+    c = n_classes_of(shape)
+    target = torch.from_numpy(rng.integers(0, c, target_shape_of(shape)))
     weight = torch.from_numpy(rng.uniform(0.1, 2.0, c).astype(dtype)) if weighted else None
     grad_output = (torch.from_numpy(rng.standard_normal(target.shape).astype(dtype))
                    if reduction == "none" else torch.tensor(0.7, dtype=x.dtype))
@@ -98,18 +86,18 @@ def test_class_index_targets_match_torch(backend, dtype, shape, reduction, weigh
 @pytest.mark.parametrize("ignore_index", [-100, 2])
 @pytest.mark.parametrize("smoothing", [0.0, 0.2])
 def test_ignored_targets_match_torch(backend, dtype, shape, reduction, ignore_index, smoothing):
-    rng = _rng(shape, reduction, ignore_index, smoothing)
+    rng = rng_for(shape, reduction, ignore_index, smoothing)
     x = torch.from_numpy(rng.standard_normal(shape).astype(dtype))
-    target = rng.integers(0, _n_classes(shape), _target_shape(shape))
+    target = rng.integers(0, n_classes_of(shape), target_shape_of(shape))
     target.reshape(-1)[::3] = ignore_index
-    weight = torch.from_numpy(rng.uniform(0.1, 2.0, _n_classes(shape)).astype(dtype))
+    weight = torch.from_numpy(rng.uniform(0.1, 2.0, n_classes_of(shape)).astype(dtype))
     _assert_matches_torch(x, torch.from_numpy(target), weight=weight, reduction=reduction,
                           ignore_index=ignore_index, label_smoothing=smoothing)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_all_targets_ignored_matches_torch(backend, dtype, reduction):
-    x = torch.from_numpy(_rng(reduction).standard_normal((4, 3)).astype(dtype))
+    x = torch.from_numpy(rng_for(reduction).standard_normal((4, 3)).astype(dtype))
     target = torch.full((4,), -100)
     _assert_matches_torch(x, target, reduction=reduction)
     loss, grad = _loss_and_grad(fxt.cross_entropy, x, target, reduction=reduction)
@@ -121,18 +109,18 @@ def test_all_targets_ignored_matches_torch(backend, dtype, reduction):
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("smoothing", [0.0, 0.3])
 def test_probability_targets_match_torch(backend, dtype, shape, reduction, smoothing):
-    rng = _rng("prob", shape, reduction, smoothing)
+    rng = rng_for("prob", shape, reduction, smoothing)
     x = torch.from_numpy(rng.standard_normal(shape).astype(dtype))
-    target = torch.from_numpy(rng.dirichlet(np.ones(_n_classes(shape)), _target_shape(shape))
+    target = torch.from_numpy(rng.dirichlet(np.ones(n_classes_of(shape)), target_shape_of(shape))
                               .astype(dtype)).movedim(-1, 1 if len(shape) > 1 else 0)
-    weight = torch.from_numpy(rng.uniform(0.1, 2.0, _n_classes(shape)).astype(dtype))
+    weight = torch.from_numpy(rng.uniform(0.1, 2.0, n_classes_of(shape)).astype(dtype))
     _assert_matches_torch(x, target, weight=weight, reduction=reduction, label_smoothing=smoothing)
 
 
 @pytest.mark.parametrize("target_dtype", INT_DTYPES, ids=str)
 def test_integer_target_dtypes_as_torch(backend, dtype, target_dtype):
     # PyTorch takes int64 and uint8 class indices and raises its RuntimeError for the others
-    x = torch.from_numpy(_rng(str(target_dtype)).standard_normal((9, 6)).astype(dtype))
+    x = torch.from_numpy(rng_for(str(target_dtype)).standard_normal((9, 6)).astype(dtype))
     target = torch.arange(9).remainder(6).to(target_dtype)
     if target_dtype in (torch.int64, torch.uint8):
         _assert_matches_torch(x, target)
@@ -166,15 +154,15 @@ def test_legacy_size_average_and_reduce_as_torch(backend):
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_gradcheck_float64(backend, shape, reduction):
-    rng = _rng("gradcheck", shape, reduction)
+    rng = rng_for("gradcheck", shape, reduction)
     x = torch.from_numpy(rng.standard_normal(shape)).requires_grad_(True)
-    c = _n_classes(shape)
-    target = torch.from_numpy(rng.integers(0, c, _target_shape(shape)))
+    c = n_classes_of(shape)
+    target = torch.from_numpy(rng.integers(0, c, target_shape_of(shape)))
     weight = torch.from_numpy(rng.uniform(0.5, 2.0, c))
     assert torch.autograd.gradcheck(
         lambda a: fxt.cross_entropy(a, target, weight=weight, reduction=reduction,
                                     label_smoothing=0.1), (x,))
-    probabilities = torch.from_numpy(rng.dirichlet(np.ones(c), _target_shape(shape))) \
+    probabilities = torch.from_numpy(rng.dirichlet(np.ones(c), target_shape_of(shape))) \
         .movedim(-1, 1 if len(shape) > 1 else 0)
     assert torch.autograd.gradcheck(
         lambda a: fxt.cross_entropy(a, probabilities, reduction=reduction), (x,))

@@ -6,12 +6,13 @@ few float64 ulps.
 """
 
 import itertools
-import zlib
 
 import numpy as np
 import pytest
 
 import fastxent
+
+from helpers import n_classes_of, rng_for, target_shape_of
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed: parity tests skipped")
 
@@ -27,14 +28,6 @@ def _assert_close_to_torch(ours, theirs, dtype, scale):
     ours, theirs = np.asarray(ours, dtype=np.float64), np.asarray(theirs, dtype=np.float64)
     rtol = 2e-6 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(ours, theirs, rtol=rtol, atol=rtol * max(1.0, scale))
-
-
-def _target_shape(shape):
-    return shape[:1] + shape[2:] if len(shape) > 1 else ()
-
-
-def _n_classes(shape):
-    return shape[1] if len(shape) > 1 else shape[0]
 
 
 def _torch_loss_and_grad(x, target, grad_output=1.0, **kwargs):
@@ -63,10 +56,10 @@ def _compare(x, target, dtype, grad_output=1.0, **kwargs):
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 @pytest.mark.parametrize("smoothing", [0.0, 0.15])
 def test_class_index_targets_match_torch(backend, dtype, shape, reduction, weighted, smoothing):
-    rng = np.random.default_rng(zlib.crc32(repr((shape, reduction, weighted, smoothing)).encode()))
+    rng = rng_for(shape, reduction, weighted, smoothing)
     x = (rng.standard_normal(shape) * 3).astype(dtype)
-    c = _n_classes(shape)
-    target = rng.integers(0, c, _target_shape(shape))
+    c = n_classes_of(shape)
+    target = rng.integers(0, c, target_shape_of(shape))
     weight = rng.uniform(0.1, 2.0, c) if weighted else None
     grad_output = rng.standard_normal(target.shape) if reduction == "none" else 0.7
     _compare(x, target, dtype, grad_output, weight=weight, reduction=reduction,
@@ -80,9 +73,9 @@ def test_class_index_targets_match_torch(backend, dtype, shape, reduction, weigh
 def test_ignored_targets_match_torch(backend, dtype, shape, reduction, ignore_index, smoothing):
     rng = np.random.default_rng(11)
     x = rng.standard_normal(shape).astype(dtype)
-    target = rng.integers(0, _n_classes(shape), _target_shape(shape))
+    target = rng.integers(0, n_classes_of(shape), target_shape_of(shape))
     target.flat[::3] = ignore_index
-    weight = rng.uniform(0.1, 2.0, _n_classes(shape))
+    weight = rng.uniform(0.1, 2.0, n_classes_of(shape))
     _compare(x, target, dtype, weight=weight, reduction=reduction, ignore_index=ignore_index,
              label_smoothing=smoothing)
 
@@ -95,7 +88,7 @@ def test_ignored_targets_match_torch(backend, dtype, shape, reduction, ignore_in
 ], ids=["default", "custom-weighted-smoothed", "k-dim"])
 def test_all_targets_ignored_gives_nan_mean_and_zero_gradient(backend, dtype, reduction, kwargs, shape):
     x = np.arange(np.prod(shape), dtype=dtype).reshape(shape) / 3
-    target = np.full(_target_shape(shape), kwargs.get("ignore_index", -100))
+    target = np.full(target_shape_of(shape), kwargs.get("ignore_index", -100))
     expected_loss, expected_grad = _torch_loss_and_grad(x, target, reduction=reduction, **kwargs)
     if reduction == "mean":
         assert np.isnan(expected_loss)  # what PyTorch does: 0 / 0
@@ -117,8 +110,8 @@ def test_probability_targets_match_torch(backend, dtype, shape, reduction, weigh
     class_axis = 1 if len(shape) > 1 else 0
     target = rng.random(shape).astype(dtype)
     target /= target.sum(axis=class_axis, keepdims=True)
-    weight = rng.uniform(0.1, 2.0, _n_classes(shape)) if weighted else None
-    grad_output = rng.standard_normal(_target_shape(shape)) if reduction == "none" else 1.3
+    weight = rng.uniform(0.1, 2.0, n_classes_of(shape)) if weighted else None
+    grad_output = rng.standard_normal(target_shape_of(shape)) if reduction == "none" else 1.3
     _compare(x, target, dtype, grad_output, weight=weight, reduction=reduction,
              label_smoothing=smoothing)
 

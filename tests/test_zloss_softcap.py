@@ -1,8 +1,8 @@
 """z-loss and logit softcap on cross_entropy, cross_entropy_with_grad and CrossEntropyLoss.
 
-The reference is the plain float64 formula (NumPy), written independently of the kernels:
-v = s tanh(x / s) (or x), lse = logsumexp(v), loss = cross-entropy of v + z lse^2; the gradient
-is checked against the analytic formula, against finite differences, and against PyTorch.
+The reference is tests/reference.py, written independently of the kernels: v = s tanh(x / s)
+(or x), lse = logsumexp(v), loss = cross-entropy of v + z lse^2; the gradient is checked against
+that analytic formula, against finite differences, and against PyTorch.
 """
 
 import numpy as np
@@ -10,45 +10,10 @@ import pytest
 
 import fastxent
 
+import reference
+from helpers import numerical_gradient
+
 RTOL = {np.float32: 2e-6, np.float64: 1e-13}
-
-
-def _lse(v):
-    m = np.max(v, axis=1, keepdims=True)
-    return (m + np.log(np.sum(np.exp(v - m), axis=1, keepdims=True)))[:, 0]
-
-
-def reference(x, target, *, weight=None, ignore_index=-100, label_smoothing=0.0, z_loss=0.0,
-              softcap=None):
-    """(per-row losses, per-row gradient d l_n / d x_n, mean denominator) in float64, (N, C)."""
-    x = np.asarray(x, dtype=np.float64)
-    n, c = x.shape
-    w = np.ones(c) if weight is None else np.asarray(weight, dtype=np.float64)
-    v = x if softcap is None else softcap * np.tanh(x / softcap)
-    slope = np.ones_like(x) if softcap is None else 1.0 / np.cosh(x / softcap) ** 2
-    lse = _lse(v)
-    logp = v - lse[:, None]
-    p = np.exp(logp)
-    eps = label_smoothing
-    target = np.asarray(target)
-    if target.dtype.kind in "iu":
-        keep = target != ignore_index
-        y = np.where(keep, target, 0)
-        w_y = w[y]
-        onehot = np.eye(c)[y]
-        loss = ((1 - eps) * w_y * -logp[np.arange(n), y]
-                + eps / c * np.sum(w * -logp, axis=1) + z_loss * lse**2)
-        dv = ((1 - eps) * w_y[:, None] * (p - onehot) + eps / c * (w.sum() * p - w)
-              + 2 * z_loss * lse[:, None] * p)
-        loss = np.where(keep, loss, 0.0)
-        dv = np.where(keep[:, None], dv, 0.0)
-        denominator = float(np.sum(w_y[keep]))
-    else:
-        q = ((1 - eps) * target + eps / c) * w
-        loss = np.sum(q * -logp, axis=1) + z_loss * lse**2
-        dv = q.sum(axis=1, keepdims=True) * p - q + 2 * z_loss * lse[:, None] * p
-        denominator = float(n)
-    return loss, dv * slope, denominator
 
 
 def _case(rng, n=9, c=40, scale=4.0):
@@ -67,23 +32,18 @@ EXTRAS = [dict(z_loss=1e-3), dict(softcap=3.0), dict(z_loss=0.05, softcap=1.5)]
 @pytest.mark.parametrize("options", [dict(), dict(label_smoothing=0.2), dict(weight="w"),
                                      dict(weight="w", label_smoothing=0.1)], ids=str)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_index_targets_match_float64_formula(backend, dtype, extra, n_classes, options, reduction):
+def test_index_targets_match_the_reference(backend, dtype, extra, n_classes, options, reduction):
     rng = np.random.default_rng(1)
     x, y = _case(rng, c=n_classes)
     x = x.astype(dtype)
     options = dict(options)
     if options.get("weight") == "w":
         options["weight"] = rng.uniform(0.5, 2.0, n_classes)
-    loss_rows, grad_rows, den = reference(x, y, **options, **extra)
     go = rng.uniform(0.5, 2.0, len(y)) if reduction == "none" else 1.5
+    want_loss, want_grad = reference.cross_entropy(x, y, reduction=reduction, grad_output=go,
+                                                   **options, **extra)
     loss, grad = fastxent.cross_entropy_with_grad(x, y, reduction=reduction, grad_output=go,
                                                   **options, **extra)
-    if reduction == "none":
-        want_loss, want_grad = loss_rows, grad_rows * go[:, None]
-    elif reduction == "sum":
-        want_loss, want_grad = loss_rows.sum(), grad_rows * go
-    else:
-        want_loss, want_grad = loss_rows.sum() / den, grad_rows * go / den
     assert np.asarray(loss).dtype == dtype and grad.dtype == dtype
     np.testing.assert_allclose(loss, want_loss, rtol=RTOL[dtype], atol=0)
     np.testing.assert_allclose(grad, want_grad, rtol=RTOL[dtype] * 10,
@@ -95,18 +55,20 @@ def test_index_targets_match_float64_formula(backend, dtype, extra, n_classes, o
 @pytest.mark.parametrize("extra", EXTRAS, ids=str)
 @pytest.mark.parametrize("n_classes", [6, 50])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.3])
-def test_probability_targets_match_float64_formula(backend, dtype, extra, n_classes,
-                                                   label_smoothing):
+def test_probability_targets_match_the_reference(backend, dtype, extra, n_classes,
+                                                 label_smoothing):
     rng = np.random.default_rng(2)
     x = (rng.standard_normal((7, n_classes)) * 3).astype(dtype)
     t = rng.dirichlet(np.ones(n_classes), 7).astype(dtype)
     w = rng.uniform(0.5, 2.0, n_classes)
-    loss_rows, grad_rows, den = reference(x, t, weight=w, label_smoothing=label_smoothing, **extra)
+    want_loss, want_grad = reference.cross_entropy(x, t, weight=w, label_smoothing=label_smoothing,
+                                                   **extra)
     loss, grad = fastxent.cross_entropy_with_grad(x, t, weight=w, label_smoothing=label_smoothing,
                                                   **extra)
-    np.testing.assert_allclose(loss, loss_rows.sum() / den, rtol=RTOL[dtype])
-    np.testing.assert_allclose(grad, grad_rows / den, rtol=RTOL[dtype] * 10,
-                               atol=RTOL[dtype] * np.abs(grad_rows).max())
+    n_rows = len(t)  # the mean's denominator with probability targets
+    np.testing.assert_allclose(loss, want_loss, rtol=RTOL[dtype])
+    np.testing.assert_allclose(grad, want_grad, rtol=RTOL[dtype] * 10,
+                               atol=RTOL[dtype] * np.abs(want_grad * n_rows).max())
 
 
 @pytest.mark.parametrize("extra", EXTRAS, ids=str)
@@ -116,34 +78,45 @@ def test_gradient_matches_finite_differences(backend, extra, sparse):
     x = rng.standard_normal((4, 7)) * 2
     target = np.array([0, 3, -100, 6]) if sparse else rng.dirichlet(np.ones(7), 4)
     _, grad = fastxent.cross_entropy_with_grad(x, target, label_smoothing=0.1, **extra)
-    h = 1e-6
-    numeric = np.zeros_like(x)
-    for idx in np.ndindex(*x.shape):
-        up, down = x.copy(), x.copy()
-        up[idx] += h
-        down[idx] -= h
-        numeric[idx] = (fastxent.cross_entropy(up, target, label_smoothing=0.1, **extra)
-                        - fastxent.cross_entropy(down, target, label_smoothing=0.1, **extra)) / (2 * h)
+    numeric = numerical_gradient(
+        lambda z: fastxent.cross_entropy(z, target, label_smoothing=0.1, **extra), x)
     np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-9)
 
 
-def test_defaults_are_the_plain_path_bit_for_bit(backend, dtype):
+def test_defaults_are_the_plain_path(backend, dtype, monkeypatch):
+    # z_loss=0.0 and softcap=None, left out or given (to the functions or to CrossEntropyLoss),
+    # reach the kernels without z_loss and softcap arguments, and give the same bits
+    kernels = fastxent._backend.kernels
+    extras_passed = []
+    for name in ("sparse_xent", "dense_xent"):
+        def spy(*args, _kernel=getattr(kernels, name), **kwargs):
+            extras_passed.extend(sorted({"z_loss", "softcap"} & kwargs.keys()))
+            return _kernel(*args, **kwargs)
+        monkeypatch.setattr(kernels, name, spy)
     rng = np.random.default_rng(4)
     for c in (5, 300):
         x, y = _case(rng, n=33, c=c)
         x = x.astype(dtype)
-        plain = fastxent.cross_entropy_with_grad(x, y, label_smoothing=0.1)
-        explicit = fastxent.cross_entropy_with_grad(x, y, label_smoothing=0.1, z_loss=0.0,
-                                                    softcap=None)
-        np.testing.assert_array_equal(plain[0], explicit[0])
-        np.testing.assert_array_equal(plain[1], explicit[1])
+        for target in (y, rng.dirichlet(np.ones(c), 33).astype(dtype)):
+            options = {"label_smoothing": 0.1}
+            defaults = {"z_loss": 0.0, "softcap": None}
+            module = fastxent.CrossEntropyLoss(**options, **defaults)
+            plain = fastxent.cross_entropy_with_grad(x, target, **options)
+            for loss, grad in (fastxent.cross_entropy_with_grad(x, target, **options, **defaults),
+                               module.with_grad(x, target)):
+                np.testing.assert_array_equal(loss, plain[0])
+                np.testing.assert_array_equal(grad, plain[1])
+            for loss in (fastxent.cross_entropy(x, target, **options),
+                         fastxent.cross_entropy(x, target, **options, **defaults), module(x, target)):
+                np.testing.assert_array_equal(loss, plain[0])
+    assert extras_passed == []
 
 
 def test_ignored_rows_get_no_z_loss(backend):
     x = np.array([[1.0, 2.0, 3.0], [10.0, 0.0, 0.0]])
     loss, grad = fastxent.cross_entropy_with_grad(x, [0, -100], reduction="none", z_loss=0.5)
     assert loss[1] == 0.0 and np.all(grad[1] == 0.0)
-    lse = np.log(np.exp(x[0]).sum())
+    lse = reference.logsumexp(x[0])
     np.testing.assert_allclose(loss[0], lse - 1.0 + 0.5 * lse**2, rtol=1e-14)
     mean = fastxent.cross_entropy(x, [0, -100], z_loss=0.5)
     np.testing.assert_allclose(mean, loss[0], rtol=1e-14)  # divided by one counted row
@@ -152,7 +125,7 @@ def test_ignored_rows_get_no_z_loss(backend):
 def test_z_loss_is_not_weighted_by_class_weight(backend):
     x = np.array([[1.0, 2.0, 3.0]])
     w = np.array([0.0, 1.0, 1.0])
-    lse = np.log(np.exp(x[0]).sum())
+    lse = reference.logsumexp(x[0])
     loss = fastxent.cross_entropy(x, [0], weight=w, reduction="sum", z_loss=0.25)
     np.testing.assert_allclose(loss, 0.25 * lse**2, rtol=1e-14)
 
@@ -169,7 +142,7 @@ def test_softcap_bounds_infinite_logits(backend, dtype):
     y = np.array([0, 1, 2, 0])
     loss, grad = fastxent.cross_entropy_with_grad(x, y, reduction="none", softcap=5.0)
     v = np.array([5.0, 0.0, -5.0])
-    np.testing.assert_allclose(loss[0], np.log(np.exp(v).sum()) - 5.0, rtol=RTOL[dtype])
+    np.testing.assert_allclose(loss[0], reference.logsumexp(v) - 5.0, rtol=RTOL[dtype])
     assert grad[0, 0] == 0.0 and grad[0, 2] == 0.0  # the cap is flat at +-inf
     np.testing.assert_allclose(loss[1], np.log(3.0), rtol=RTOL[dtype])  # all capped to -5
     assert np.isnan(loss[2]) and np.all(np.isnan(grad[2]))  # NaN stays NaN, that row only
@@ -186,10 +159,7 @@ def test_softcap_tiny_loss_of_a_dominant_label_is_accurate(backend, dtype, n_cla
     x[2] = np.linspace(-30.0, 20.0, n_classes)
     y = np.array([3, 3, 3])
     x[:, 3] = 30.0
-    v = s * np.tanh(x.astype(np.longdouble) / s)
-    rest = np.exp(v - v[:, 3:4])
-    rest[:, 3] = 0.0
-    exact = np.log1p(rest.sum(axis=1))
+    exact = reference.rows(x, y, softcap=s).loss
     # float32: within 2 ulp like the plain loss; float64: v carries about 1e-16 s
     rtol = 2 * 2.0**-23 if dtype == np.float32 else 1e-13
     one_hot = np.eye(n_classes, dtype=dtype)[y]
@@ -222,17 +192,13 @@ def test_a_softcap_far_above_the_logits_changes_nothing(backend, dtype, softcap,
 def test_softcapped_float32_loss_within_an_ulp(backend, softcap):
     # every scale of x / s, from tanh's saturation to its linear part; labels at the row maximum
     # (tiny losses) included. Reference: long double, the loss as log1p of the other terms
-    # (lse - v_y would lose a tiny loss to the rounding of lse).
+    # (lse - v_y would lose a tiny loss to the rounding of lse), as reference.rows computes it.
     rng = np.random.default_rng(9)
     for scale in (0.1, 1.0, 4.0, 20.0):
         x = (rng.standard_normal((200, 50)) * scale).astype(np.float32)
         y = rng.integers(0, 50, 200)
         y[:50] = np.argmax(x[:50], axis=1)
-        v = softcap * np.tanh(x.astype(np.longdouble) / softcap)
-        rows = np.arange(len(y))
-        rest = np.exp(v - v[rows, y][:, None])
-        rest[rows, y] = 0.0
-        exact = np.log1p(rest.sum(axis=1))
+        exact = reference.rows(x, y, softcap=softcap).loss
         loss = fastxent.cross_entropy(x, y, reduction="none", softcap=softcap)
         ulp = np.spacing(exact.astype(np.float32)).astype(np.longdouble)
         assert np.max(np.abs(loss.astype(np.longdouble) - exact) / ulp) <= 1.0
@@ -242,9 +208,8 @@ def test_tiny_softcap_divides_without_overflow(backend, dtype):
     # 1 / s overflows for s below 2**-1024: x / s must not become 0 * inf
     s = 1e-310
     x = np.array([[0.0, 1e-310, -1.0, 2.0]], dtype=np.float64).astype(dtype)
-    with np.errstate(over="ignore"):  # 2 / s is inf: tanh gives 1
-        v = s * np.tanh(x.astype(np.float64) / s)
-    want = np.log(np.exp(v - v.max()).sum()) + v.max() - v[0, 0]
+    with np.errstate(over="ignore"):  # 2 / s is inf in float64: tanh gives 1
+        want = reference.rows(x, [0], softcap=s, dtype=np.float64).loss
     loss = fastxent.cross_entropy(x, [0], reduction="none", softcap=s)
     np.testing.assert_allclose(loss, want, rtol=RTOL[dtype], atol=1e-320)
 
@@ -277,11 +242,9 @@ def test_spatial_input_with_class_axis_1(backend, dtype):
     x = (rng.standard_normal((3, 6, 4, 5)) * 3).astype(dtype)
     y = rng.integers(0, 6, (3, 4, 5))
     loss, grad = fastxent.cross_entropy_with_grad(x, y, reduction="none", z_loss=0.02, softcap=2.5)
-    flat = np.moveaxis(x, 1, -1).reshape(-1, 6)
-    want, want_grad, _ = reference(flat, y.reshape(-1), z_loss=0.02, softcap=2.5)
-    np.testing.assert_allclose(loss.reshape(-1), want, rtol=RTOL[dtype])
-    np.testing.assert_allclose(np.moveaxis(grad, 1, -1).reshape(-1, 6), want_grad,
-                               rtol=RTOL[dtype] * 10, atol=RTOL[dtype])
+    want, want_grad = reference.cross_entropy(x, y, reduction="none", z_loss=0.02, softcap=2.5)
+    np.testing.assert_allclose(loss, want, rtol=RTOL[dtype])
+    np.testing.assert_allclose(grad, want_grad, rtol=RTOL[dtype] * 10, atol=RTOL[dtype])
 
 
 def test_same_bits_for_every_thread_count(dtype):
