@@ -63,20 +63,12 @@ cdef extern from "_rows.h" nogil:
                              int log_output)
     void fx_sparse_row_f32(const float* x, Py_ssize_t n, Py_ssize_t xs, Py_ssize_t y,
                            const double* weight, double weight_sum, double smoothing,
-                           double* loss, float* g, Py_ssize_t gs, double grad_coef,
-                           double z_loss)
+                           double z_loss, double softcap, double* loss, float* g, Py_ssize_t gs,
+                           double grad_coef)
     void fx_sparse_row_f64(const double* x, Py_ssize_t n, Py_ssize_t xs, Py_ssize_t y,
                            const double* weight, double weight_sum, double smoothing,
-                           double* loss, double* g, Py_ssize_t gs, double grad_coef,
-                           double z_loss)
-    void fx_sparse_row_capped_f32(const float* x, Py_ssize_t n, Py_ssize_t xs, Py_ssize_t y,
-                                  const double* weight, double weight_sum, double smoothing,
-                                  double z_loss, double softcap, double* loss, float* g,
-                                  Py_ssize_t gs, double grad_coef)
-    void fx_sparse_row_capped_f64(const double* x, Py_ssize_t n, Py_ssize_t xs, Py_ssize_t y,
-                                  const double* weight, double weight_sum, double smoothing,
-                                  double z_loss, double softcap, double* loss, double* g,
-                                  Py_ssize_t gs, double grad_coef)
+                           double z_loss, double softcap, double* loss, double* g,
+                           Py_ssize_t gs, double grad_coef)
     void fx_sparse_tile_f32(const float* x, Py_ssize_t rs, Py_ssize_t cs, int rows, Py_ssize_t n,
                             const Py_ssize_t* y, const double* weight, double* loss,
                             Py_ssize_t loss_s, float* g, Py_ssize_t grs, Py_ssize_t gcs,
@@ -88,19 +80,13 @@ cdef extern from "_rows.h" nogil:
                             Py_ssize_t gcs, double grad_scale, const double* grad_rows,
                             Py_ssize_t grad_rows_s, double z_loss)
     void fx_dense_row_f32(const float* x, Py_ssize_t n, Py_ssize_t xs, const float* t,
-                          Py_ssize_t ts, const double* weight, double smoothing, double* loss,
-                          float* g, Py_ssize_t gs, double grad_coef, double z_loss)
+                          Py_ssize_t ts, const double* weight, double smoothing, double z_loss,
+                          double softcap, double* loss, float* g, Py_ssize_t gs,
+                          double grad_coef)
     void fx_dense_row_f64(const double* x, Py_ssize_t n, Py_ssize_t xs, const double* t,
-                          Py_ssize_t ts, const double* weight, double smoothing, double* loss,
-                          double* g, Py_ssize_t gs, double grad_coef, double z_loss)
-    void fx_dense_row_capped_f32(const float* x, Py_ssize_t n, Py_ssize_t xs, const float* t,
-                                 Py_ssize_t ts, const double* weight, double smoothing,
-                                 double z_loss, double softcap, double* loss, float* g,
-                                 Py_ssize_t gs, double grad_coef)
-    void fx_dense_row_capped_f64(const double* x, Py_ssize_t n, Py_ssize_t xs, const double* t,
-                                 Py_ssize_t ts, const double* weight, double smoothing,
-                                 double z_loss, double softcap, double* loss, double* g,
-                                 Py_ssize_t gs, double grad_coef)
+                          Py_ssize_t ts, const double* weight, double smoothing, double z_loss,
+                          double softcap, double* loss, double* g, Py_ssize_t gs,
+                          double grad_coef)
     void fx_dense_tile_f32(const float* x, Py_ssize_t rs, Py_ssize_t cs, int rows, Py_ssize_t n,
                            const float* t, Py_ssize_t trs, Py_ssize_t tcs, const double* weight,
                            double smoothing, double* loss, Py_ssize_t loss_s, float* g,
@@ -447,23 +433,13 @@ def sparse_xent(const floating[:, :, :] x, const label_t[:, :] labels, const dou
             continue
         coef = grad_scale * rows_p[_row_offset(rs, r, B)] if with_rows else grad_scale
         if floating is float:
-            if softcap != 0.0:
-                fx_sparse_row_capped_f32(xp + xo, C, xs.sc, y, wp, weight_sum, smoothing, z_loss,
-                                         softcap, loss_p + _row_offset(lo, r, B),
-                                         gp + go if with_grad else NULL, gs.sc, coef)
-            else:
-                fx_sparse_row_f32(xp + xo, C, xs.sc, y, wp, weight_sum, smoothing,
-                                  loss_p + _row_offset(lo, r, B), gp + go if with_grad else NULL,
-                                  gs.sc, coef, z_loss)
+            fx_sparse_row_f32(xp + xo, C, xs.sc, y, wp, weight_sum, smoothing, z_loss, softcap,
+                              loss_p + _row_offset(lo, r, B), gp + go if with_grad else NULL,
+                              gs.sc, coef)
         else:
-            if softcap != 0.0:
-                fx_sparse_row_capped_f64(xp + xo, C, xs.sc, y, wp, weight_sum, smoothing, z_loss,
-                                         softcap, loss_p + _row_offset(lo, r, B),
-                                         gp + go if with_grad else NULL, gs.sc, coef)
-            else:
-                fx_sparse_row_f64(xp + xo, C, xs.sc, y, wp, weight_sum, smoothing,
-                                  loss_p + _row_offset(lo, r, B), gp + go if with_grad else NULL,
-                                  gs.sc, coef, z_loss)
+            fx_sparse_row_f64(xp + xo, C, xs.sc, y, wp, weight_sum, smoothing, z_loss, softcap,
+                              loss_p + _row_offset(lo, r, B), gp + go if with_grad else NULL,
+                              gs.sc, coef)
     return n_bad
 
 
@@ -583,22 +559,12 @@ def dense_xent(const floating[:, :, :] x, const floating[:, :, :] labels, const 
             go = _row_offset(gs, r, B)
         coef = grad_scale * rows_p[_row_offset(rs, r, B)] if with_rows else grad_scale
         if floating is float:
-            if softcap != 0.0:
-                fx_dense_row_capped_f32(xp + _row_offset(xs, r, B), C, xs.sc,
-                                        tp + _row_offset(ts, r, B), ts.sc, wp, smoothing, z_loss,
-                                        softcap, loss_p + _row_offset(lo, r, B),
-                                        gp + go if with_grad else NULL, gs.sc, coef)
-            else:
-                fx_dense_row_f32(xp + _row_offset(xs, r, B), C, xs.sc, tp + _row_offset(ts, r, B),
-                                 ts.sc, wp, smoothing, loss_p + _row_offset(lo, r, B),
-                                 gp + go if with_grad else NULL, gs.sc, coef, z_loss)
+            fx_dense_row_f32(xp + _row_offset(xs, r, B), C, xs.sc, tp + _row_offset(ts, r, B),
+                             ts.sc, wp, smoothing, z_loss, softcap,
+                             loss_p + _row_offset(lo, r, B), gp + go if with_grad else NULL,
+                             gs.sc, coef)
         else:
-            if softcap != 0.0:
-                fx_dense_row_capped_f64(xp + _row_offset(xs, r, B), C, xs.sc,
-                                        tp + _row_offset(ts, r, B), ts.sc, wp, smoothing, z_loss,
-                                        softcap, loss_p + _row_offset(lo, r, B),
-                                        gp + go if with_grad else NULL, gs.sc, coef)
-            else:
-                fx_dense_row_f64(xp + _row_offset(xs, r, B), C, xs.sc, tp + _row_offset(ts, r, B),
-                                 ts.sc, wp, smoothing, loss_p + _row_offset(lo, r, B),
-                                 gp + go if with_grad else NULL, gs.sc, coef, z_loss)
+            fx_dense_row_f64(xp + _row_offset(xs, r, B), C, xs.sc, tp + _row_offset(ts, r, B),
+                             ts.sc, wp, smoothing, z_loss, softcap,
+                             loss_p + _row_offset(lo, r, B), gp + go if with_grad else NULL,
+                             gs.sc, coef)

@@ -624,7 +624,7 @@ static void FX_NAME(fx_softmax_tile)(const FX_T *x, ptrdiff_t rs, ptrdiff_t cs, 
  *   loss = (1 - eps) w_y (lse - x_y) + (eps / C) sum_c w_c (lse - x_c) [+ z lse^2]
  * and g = grad_coef d loss / d x (g NULL for the loss alone; g may be x). The z-loss term
  * (gradient 2 z lse p) only changes coefficients, and only when z_loss != 0. */
-static void FX_NAME(fx_sparse_row)(const FX_T *x, ptrdiff_t n, ptrdiff_t xs, ptrdiff_t y,
+static void FX_NAME(fx_sparse_row_plain)(const FX_T *x, ptrdiff_t n, ptrdiff_t xs, ptrdiff_t y,
                                    const double *weight, double weight_sum, double smoothing,
                                    double *loss, FX_T *g, ptrdiff_t gs, double grad_coef,
                                    double z_loss)
@@ -782,7 +782,7 @@ static void FX_NAME(fx_sparse_tile)(const FX_T *x, ptrdiff_t rs, ptrdiff_t cs, i
  * when Q != 1); terms with q_c = 0 are skipped, so a -inf logit with no label mass costs nothing
  * and gets gradient 0. With z_loss != 0, loss += z lse^2 and Q becomes Q + 2 z lse in the
  * softmax's coefficient. g may be x, never t. */
-static void FX_NAME(fx_dense_row)(const FX_T *x, ptrdiff_t n, ptrdiff_t xs, const FX_T *t,
+static void FX_NAME(fx_dense_row_plain)(const FX_T *x, ptrdiff_t n, ptrdiff_t xs, const FX_T *t,
                                   ptrdiff_t ts, const double *weight, double smoothing,
                                   double *loss, FX_T *g, ptrdiff_t gs, double grad_coef,
                                   double z_loss)
@@ -824,7 +824,7 @@ static void FX_NAME(fx_dense_row)(const FX_T *x, ptrdiff_t n, ptrdiff_t xs, cons
     }
 }
 
-/* fx_dense_row for up to FX_TILE rows of few classes (no z-loss): the softmax, scaled by
+/* fx_dense_row_plain for up to FX_TILE rows of few classes (no z-loss): the softmax, scaled by
  * coef * mass, is written by fx_tile_stats; the label terms are done per row. g may alias x:
  * the label terms then read a copy of the tile's logits, taken before the gradient overwrites
  * them, so that in place and out of place give the same bits. */
@@ -923,7 +923,7 @@ static double FX_NAME(fx_capped_stats)(const FX_T *x, ptrdiff_t n, ptrdiff_t xs,
     return acc;
 }
 
-/* fx_sparse_row with a softcap. With v the capped row:
+/* fx_sparse_row_plain with a softcap. With v the capped row:
  * loss = (1 - eps) w_y (lse - v_y) + (eps / C) sum_c w_c (lse - v_c) + z lse^2;
  * d loss / d v_c = (A + 2 z lse) p_c - k w_c - (1 - eps) w_y [c == y], A = (1 - eps) w_y + k W,
  * k = eps / C; times dv_c / dx_c. */
@@ -982,7 +982,7 @@ static void FX_NAME(fx_sparse_row_capped)(const FX_T *x, ptrdiff_t n, ptrdiff_t 
     g[y * gs] = (FX_T)(grad_coef * g_c * slope_y);
 }
 
-/* fx_dense_row with a softcap: with q_c the label mass, Q = sum q,
+/* fx_dense_row_plain with a softcap: with q_c the label mass, Q = sum q,
  * loss = Q log s - sum_c q_c (v_c - m) + z lse^2, d loss / d v_c = (Q + 2 z lse) p_c - q_c,
  * times dv_c / dx_c. g may alias x, never t. */
 static void FX_NAME(fx_dense_row_capped)(const FX_T *x, ptrdiff_t n, ptrdiff_t xs, const FX_T *t,
@@ -1017,4 +1017,34 @@ static void FX_NAME(fx_dense_row_capped)(const FX_T *x, ptrdiff_t n, ptrdiff_t x
         v = FX_NAME(fx_cap_one)((double)x[c * xs], softcap, &slope);
         g[c * gs] = (FX_T)(grad_coef * (a_coef * FX_NAME(fx_exp_shifted)(v, m) - q) * slope);
     }
+}
+
+/* ---- the rows of sparse_xent and dense_xent ----------------------------------------------- */
+
+/* One row with class index y: the plain row, or the capped one when softcap > 0 */
+static void FX_NAME(fx_sparse_row)(const FX_T *x, ptrdiff_t n, ptrdiff_t xs, ptrdiff_t y,
+                                   const double *weight, double weight_sum, double smoothing,
+                                   double z_loss, double softcap, double *loss, FX_T *g,
+                                   ptrdiff_t gs, double grad_coef)
+{
+    if (softcap != 0.0)
+        FX_NAME(fx_sparse_row_capped)(x, n, xs, y, weight, weight_sum, smoothing, z_loss, softcap,
+                                      loss, g, gs, grad_coef);
+    else
+        FX_NAME(fx_sparse_row_plain)(x, n, xs, y, weight, weight_sum, smoothing, loss, g, gs,
+                                     grad_coef, z_loss);
+}
+
+/* One row with label mass t: the plain row, or the capped one when softcap > 0 */
+static void FX_NAME(fx_dense_row)(const FX_T *x, ptrdiff_t n, ptrdiff_t xs, const FX_T *t,
+                                  ptrdiff_t ts, const double *weight, double smoothing,
+                                  double z_loss, double softcap, double *loss, FX_T *g,
+                                  ptrdiff_t gs, double grad_coef)
+{
+    if (softcap != 0.0)
+        FX_NAME(fx_dense_row_capped)(x, n, xs, t, ts, weight, smoothing, z_loss, softcap, loss, g,
+                                     gs, grad_coef);
+    else
+        FX_NAME(fx_dense_row_plain)(x, n, xs, t, ts, weight, smoothing, loss, g, gs, grad_coef,
+                                    z_loss);
 }
