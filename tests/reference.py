@@ -130,7 +130,11 @@ def rows(x, target, *, weight=None, ignore_index=-100, label_smoothing=0.0, z_lo
         s = 1 + s_rest
         log_s = np.log1p(s_rest)
         lse = m + log_s
-        terms = np.where(mass != 0, mass * (log_s[:, None] - d), 0)
+        # q_c (log s - d_c) in halves, doubled: d_c alone overflows for logits of both signs
+        # near the largest float where the term does not (the same value otherwise: halving
+        # and doubling are exact)
+        half_d = v / 2 - m[:, None] / 2
+        terms = np.where(mass != 0, 2 * (mass * (log_s[:, None] / 2 - half_d)), 0)
         loss = terms.sum(axis=1)
         p = np.exp(d) / s[:, None]
         total = mass.sum(axis=1)[:, None]
