@@ -459,12 +459,12 @@ cdef Py_ssize_t _sparse_tiles(const floating* xp, Strides xs, const label_t* lp,
     return n_bad
 
 
-cdef Py_ssize_t _sparse_tile(const floating* xp, Strides xs, const label_t* lp, Strides ls,
-                             Py_ssize_t first, int rows, Py_ssize_t C, Py_ssize_t B,
-                             int64_t ignore_index, bint has_ignore, const double* wp,
-                             double* loss_p, Strides lo, floating* gp, Strides gs,
-                             double grad_scale, const double* rows_p, Strides rs,
-                             double z_loss) noexcept nogil:
+cdef inline Py_ssize_t _sparse_tile(const floating* xp, Strides xs, const label_t* lp,
+                                    Strides ls, Py_ssize_t first, int rows, Py_ssize_t C,
+                                    Py_ssize_t B, int64_t ignore_index, bint has_ignore,
+                                    const double* wp, double* loss_p, Strides lo, floating* gp,
+                                    Strides gs, double grad_scale, const double* rows_p,
+                                    Strides rs, double z_loss) noexcept nogil:
     """One tile: its labels decoded here (a thread's own array), its rows done by the C tile.
     Returns the number of bad labels."""
     cdef Py_ssize_t y[FX_TILE]
