@@ -2,6 +2,14 @@
  * Row kernels of _rows.h for one float type: included once with FX_T = float and once with
  * FX_T = double. FX_NAME(f) appends the type's suffix (fx_row_max_f32, fx_sparse_row_f64, ...).
  */
+/* q_c = ((1 - eps) t_c + eps / C) w_c: the label mass of class c (w_c = 1 without weights) */
+static inline double FX_NAME(fx_label_mass)(FX_T t, double keep, double spread, const double *w,
+                                            ptrdiff_t c)
+{
+    double q = keep * (double)t + spread;
+    return w != NULL ? q * w[c] : q;
+}
+
 /* max of x[0..n) ignoring NaN; -inf for a row of -inf and NaN only. Max is idempotent, so the
  * last partial block is done by re-reading the last FX_MAX_LANES elements, all vectorised. */
 FX_CLONES static double FX_NAME(fx_row_max)(const FX_T *x, ptrdiff_t n)
@@ -314,13 +322,13 @@ FX_CLONES static double FX_NAME(fx_row_dense_dot)(const FX_T *x, const FX_T *t, 
     for (j = 0; j < FX_LANES; j++) { acc[j] = 0.0; tot[j] = 0.0; }
     for (; i + FX_LANES <= n; i += FX_LANES)
         for (j = 0; j < FX_LANES; j++) {
-            double q = (keep * (double)t[i + j] + spread) * (w != NULL ? w[i + j] : 1.0);
+            double q = FX_NAME(fx_label_mass)(t[i + j], keep, spread, w, i + j);
             tot[j] += q;
             double term = q * ((double)x[i + j] - m); /* then the select: see above */
             acc[j] += q != 0.0 ? term : 0.0;
         }
     for (; i < n; i++) {
-        double q = (keep * (double)t[i] + spread) * (w != NULL ? w[i] : 1.0);
+        double q = FX_NAME(fx_label_mass)(t[i], keep, spread, w, i);
         tot_tail += q;
         acc_tail += q != 0.0 ? q * ((double)x[i] - m) : 0.0;
     }
@@ -338,7 +346,7 @@ static double FX_NAME(fx_strided_dense_dot)(const FX_T *x, ptrdiff_t xs, const F
     int j;
     for (j = 0; j < FX_LANES; j++) { acc[j] = 0.0; tot[j] = 0.0; }
     for (i = 0; i < n; i++) {
-        double q = (keep * (double)t[i * ts] + spread) * (w != NULL ? w[i] : 1.0);
+        double q = FX_NAME(fx_label_mass)(t[i * ts], keep, spread, w, i);
         double term = q != 0.0 ? q * ((double)x[i * xs] - m) : 0.0;
         if (i < n_full) {
             tot[i % FX_LANES] += q;
@@ -377,15 +385,10 @@ FX_CLONES static void FX_NAME(fx_row_dense_grad)(FX_T *g, const FX_T *t, ptrdiff
 {
     ptrdiff_t i;
     double rest_frac = s_rest * inv_s;
-    if (w == NULL)
-        for (i = 0; i < n; i++)
-            g[i] = (FX_T)FX_NAME(fx_dense_grad_one)((double)g[i], keep * (double)t[i] + spread,
-                                                    a, b, p, rest_frac);
-    else
-        for (i = 0; i < n; i++)
-            g[i] = (FX_T)FX_NAME(fx_dense_grad_one)((double)g[i],
-                                                    (keep * (double)t[i] + spread) * w[i],
-                                                    a, b, p, rest_frac);
+    for (i = 0; i < n; i++)
+        g[i] = (FX_T)FX_NAME(fx_dense_grad_one)((double)g[i],
+                                                FX_NAME(fx_label_mass)(t[i], keep, spread, w, i),
+                                                a, b, p, rest_frac);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -487,8 +490,8 @@ FX_CLONES static void FX_NAME(fx_row_cap_grad)(const FX_T *x, FX_T *g, ptrdiff_t
         for (i = 0; i < n; i++) g[i] = FX_NAME(fx_cap_grad_one)(x[i], s, pre, inv_s, m, a, b, 1.0);
     else
         for (i = 0; i < n; i++) {
-            double q = (t != NULL ? keep * (double)t[i] + spread : 1.0)
-                       * (w != NULL ? w[i] : 1.0);
+            double q = t != NULL ? FX_NAME(fx_label_mass)(t[i], keep, spread, w, i)
+                                 : (w != NULL ? w[i] : 1.0);
             g[i] = FX_NAME(fx_cap_grad_one)(x[i], s, pre, inv_s, m, a, b, q);
         }
 }
@@ -539,14 +542,6 @@ static void FX_NAME(fx_scale)(FX_T *g, ptrdiff_t n, ptrdiff_t gs, double factor)
         return;
     }
     for (c = 0; c < n; c++) g[c * gs] = (FX_T)((double)g[c * gs] * factor);
-}
-
-/* q_c = ((1 - eps) t_c + eps / C) w_c: the label mass of class c (w_c = 1 without weights) */
-static inline double FX_NAME(fx_label_mass)(FX_T t, double keep, double spread, const double *w,
-                                            ptrdiff_t c)
-{
-    double q = keep * (double)t + spread;
-    return w != NULL ? q * w[c] : q;
 }
 
 /* ---- normalisers ------------------------------------------------------------------------ */
