@@ -240,7 +240,8 @@ def extensions() -> list:
     ext = Extension(
         "fastxent._kernels_c",
         [KERNELS],
-        depends=["src/fastxent/_rows.h", "src/fastxent/_rows_template.h"],
+        depends=["src/fastxent/_math.h", "src/fastxent/_rows.h",
+                 "src/fastxent/_rows_template.h"],
         include_dirs=[numpy.get_include()],
         define_macros=macros,
         extra_compile_args=list(UNIX_CFLAGS),
