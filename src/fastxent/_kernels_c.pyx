@@ -470,23 +470,21 @@ cdef inline Py_ssize_t _sparse_tile(const floating* xp, Strides xs, const label_
     cdef Py_ssize_t y[FX_TILE]
     cdef Py_ssize_t n_bad = 0
     cdef int i
+    cdef const floating* tx = xp + _row_offset(xs, first, B)
+    cdef double* tl = loss_p + _row_offset(lo, first, B)
+    cdef floating* tg = gp + _row_offset(gs, first, B) if gp != NULL else NULL
+    cdef const double* tr = rows_p + _row_offset(rs, first, B) if rows_p != NULL else NULL
+    cdef Py_ssize_t x_step = _tile_row_step(xs, B), loss_step = _tile_row_step(lo, B)
+    cdef Py_ssize_t g_step = _tile_row_step(gs, B), rows_step = _tile_row_step(rs, B)
     for i in range(rows):
         y[i] = _class_index(lp[_row_offset(ls, first + i, B)], C, ignore_index, has_ignore)
         n_bad += y[i] == FX_BAD_LABEL
     if floating is float:
-        fx_sparse_tile_f32(xp + _row_offset(xs, first, B), _tile_row_step(xs, B), xs.sc, rows, C,
-                           y, wp, loss_p + _row_offset(lo, first, B), _tile_row_step(lo, B),
-                           gp + _row_offset(gs, first, B) if gp != NULL else NULL,
-                           _tile_row_step(gs, B), gs.sc, grad_scale,
-                           rows_p + _row_offset(rs, first, B) if rows_p != NULL else NULL,
-                           _tile_row_step(rs, B), z_loss)
+        fx_sparse_tile_f32(tx, x_step, xs.sc, rows, C, y, wp, tl, loss_step, tg, g_step, gs.sc,
+                           grad_scale, tr, rows_step, z_loss)
     else:
-        fx_sparse_tile_f64(xp + _row_offset(xs, first, B), _tile_row_step(xs, B), xs.sc, rows, C,
-                           y, wp, loss_p + _row_offset(lo, first, B), _tile_row_step(lo, B),
-                           gp + _row_offset(gs, first, B) if gp != NULL else NULL,
-                           _tile_row_step(gs, B), gs.sc, grad_scale,
-                           rows_p + _row_offset(rs, first, B) if rows_p != NULL else NULL,
-                           _tile_row_step(rs, B), z_loss)
+        fx_sparse_tile_f64(tx, x_step, xs.sc, rows, C, y, wp, tl, loss_step, tg, g_step, gs.sc,
+                           grad_scale, tr, rows_step, z_loss)
     return n_bad
 
 
@@ -511,9 +509,15 @@ def dense_xent(const floating[:, :, :] x, const floating[:, :, :] labels, const 
     cdef bint with_grad = grad_out is not None, with_rows = grad_rows is not None
     cdef const double* wp = NULL
     cdef const double* rows_p = NULL
+    cdef const double* tile_rows
     cdef double coef
     cdef const floating* xp
     cdef const floating* tp
+    cdef Py_ssize_t x_step, t_step, loss_step, g_step, rows_step
+    cdef const floating* tile_x
+    cdef const floating* tile_t
+    cdef double* tile_loss
+    cdef floating* tile_g
     cdef double* loss_p
     cdef floating* gp = NULL
     cdef int rows
@@ -531,27 +535,25 @@ def dense_xent(const floating[:, :, :] x, const floating[:, :, :] labels, const 
         rows_p = &grad_rows[0, 0]
         rs = _strides2(grad_rows.strides, sizeof(double))
     if _use_tiles(C) and z_loss == 0.0 and softcap == 0.0:
+        x_step, t_step = _tile_row_step(xs, B), _tile_row_step(ts, B)
+        loss_step, g_step, rows_step = (_tile_row_step(lo, B), _tile_row_step(gs, B),
+                                        _tile_row_step(rs, B))
         for t in prange(_n_tiles(A, B), nogil=True, schedule="static",
                         num_threads=_threads_for(n_threads, A * B, C)):
             first, rows = _tile_start(t, A, B)
+            tile_x = xp + _row_offset(xs, first, B)
+            tile_t = tp + _row_offset(ts, first, B)
+            tile_loss = loss_p + _row_offset(lo, first, B)
+            tile_g = gp + _row_offset(gs, first, B) if with_grad else NULL
+            tile_rows = rows_p + _row_offset(rs, first, B) if with_rows else NULL
             if floating is float:
-                fx_dense_tile_f32(xp + _row_offset(xs, first, B), _tile_row_step(xs, B), xs.sc,
-                                  rows, C, tp + _row_offset(ts, first, B), _tile_row_step(ts, B),
-                                  ts.sc, wp, smoothing, loss_p + _row_offset(lo, first, B),
-                                  _tile_row_step(lo, B),
-                                  gp + _row_offset(gs, first, B) if with_grad else NULL,
-                                  _tile_row_step(gs, B), gs.sc, grad_scale,
-                                  rows_p + _row_offset(rs, first, B) if with_rows else NULL,
-                                  _tile_row_step(rs, B))
+                fx_dense_tile_f32(tile_x, x_step, xs.sc, rows, C, tile_t, t_step, ts.sc, wp,
+                                  smoothing, tile_loss, loss_step, tile_g, g_step, gs.sc,
+                                  grad_scale, tile_rows, rows_step)
             else:
-                fx_dense_tile_f64(xp + _row_offset(xs, first, B), _tile_row_step(xs, B), xs.sc,
-                                  rows, C, tp + _row_offset(ts, first, B), _tile_row_step(ts, B),
-                                  ts.sc, wp, smoothing, loss_p + _row_offset(lo, first, B),
-                                  _tile_row_step(lo, B),
-                                  gp + _row_offset(gs, first, B) if with_grad else NULL,
-                                  _tile_row_step(gs, B), gs.sc, grad_scale,
-                                  rows_p + _row_offset(rs, first, B) if with_rows else NULL,
-                                  _tile_row_step(rs, B))
+                fx_dense_tile_f64(tile_x, x_step, xs.sc, rows, C, tile_t, t_step, ts.sc, wp,
+                                  smoothing, tile_loss, loss_step, tile_g, g_step, gs.sc,
+                                  grad_scale, tile_rows, rows_step)
         return
     for r in prange(A * B, nogil=True, schedule="static",
                     num_threads=_threads_for(n_threads, A * B, C)):
