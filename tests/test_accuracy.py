@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 import fastxent
-
 import reference
 from helpers import ulp_error
 

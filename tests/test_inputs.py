@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 import fastxent
-
 import reference
 from helpers import in_layout
 

@@ -5,10 +5,8 @@ import numpy as np
 import pytest
 
 import fastxent
-
 import reference
 from helpers import ulp_error
-
 
 
 def scipy_special():

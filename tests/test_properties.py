@@ -9,7 +9,6 @@ from hypothesis.extra import numpy as hnp
 
 import fastxent
 from fastxent import _backend, _kernels_py
-
 from helpers import load_kernels
 
 # The backend fixture (a monkeypatch) stays the same for every example of a test, which is

@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 
 import fastxent
-from fastxent import _api, _backend
-
 import reference
+from fastxent import _api, _backend
 from helpers import load_kernels
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")

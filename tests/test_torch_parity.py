@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 import fastxent
-
 from helpers import n_classes_of, rng_for, target_shape_of
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed: parity tests skipped")

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import fastxent
-
 import reference
 from helpers import numerical_gradient
 

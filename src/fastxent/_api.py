@@ -9,7 +9,7 @@ costs no transposed copy.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Union, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -33,7 +33,7 @@ Reduction = Literal["mean", "sum", "none"]
 FloatArray = npt.NDArray[np.floating[Any]]
 #: A loss: an array, or a NumPy scalar where the loss has no axes (a reduction, or the loss of
 #: one row of logits).
-Loss = Union[FloatArray, np.floating[Any]]
+Loss = FloatArray | np.floating[Any]
 
 
 # ------------------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ the GIL, use one thread each.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import dask.array as da
 import numpy as np
