@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 import fastxent
-
 import reference
 from helpers import ulp_error
 
@@ -119,7 +118,8 @@ TINY = reference.rows(np.array([[40.0, 0.0]]), [0]).loss[0]  # log1p(e^-40), in 
     lambda x: fastxent.sparse_softmax_cross_entropy_with_logits([0], x[None])[0],
     lambda x: fastxent.sparse_softmax_cross_entropy_with_logits_and_grad([0], x[None])[0][0],
     lambda x: fastxent.softmax_cross_entropy_with_logits(np.array([[1, 0]], x.dtype), x[None])[0],
-    lambda x: fastxent.softmax_cross_entropy_with_logits_and_grad(np.array([[1, 0]], x.dtype), x[None])[0][0],
+    lambda x: fastxent.softmax_cross_entropy_with_logits_and_grad(np.array([[1, 0]], x.dtype),
+                                                                  x[None])[0][0],
     lambda x: fastxent.cross_entropy(x[None], np.array([[1, 0]], x.dtype), reduction="sum"),
 ], ids=["1-d", "sum", "none", "with_grad", "CrossEntropyLoss", "tf sparse", "tf sparse fused",
         "tf dense", "tf dense fused", "probability target"])
@@ -153,7 +153,8 @@ def test_dense_label_losses_within_ulp_limit(backend, dtype, n_classes):
         t = rng.random((rows, n_classes))
         t = (t / t.sum(axis=1, keepdims=True)).astype(dtype)
         exact = reference.rows(x, t).loss
-        assert ulp_error(fastxent.softmax_cross_entropy_with_logits(t, x), exact).max() <= ULP_LIMIT[dtype]
+        got = fastxent.softmax_cross_entropy_with_logits(t, x)
+        assert ulp_error(got, exact).max() <= ULP_LIMIT[dtype]
 
 
 @pytest.mark.parametrize("n_classes", [3, 100, 1000])

@@ -198,7 +198,8 @@ def test_argument_errors_raise_when_the_graph_is_built():
             fxd.cross_entropy_with_grad(x, np.full((4, 3), 1 / 3), ignore_index=ignore_index)
     fxd.cross_entropy(x, np.full((4, 3), 1 / 3))  # the default ignore_index is no argument
     for call in (lambda **kw: fxd.cross_entropy(x, np.zeros(4, int), **kw),
-                 lambda **kw: fxd.sparse_softmax_cross_entropy_with_logits(np.zeros(4, int), x, **kw),
+                 lambda **kw: fxd.sparse_softmax_cross_entropy_with_logits(np.zeros(4, int), x,
+                                                                           **kw),
                  lambda **kw: fxd.softmax_cross_entropy_with_logits_and_grad(x, x, **kw),
                  lambda **kw: fxd.softmax(x, **kw)):
         with pytest.raises(ValueError, match="n_threads"):

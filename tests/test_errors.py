@@ -35,7 +35,9 @@ BAD_LABELS = [(labels, bad, label_dtype)
 
 @pytest.mark.parametrize("labels, bad, label_dtype", BAD_LABELS,
                          ids=[f"{bad}-{np.dtype(t).name}" for _, bad, t in BAD_LABELS])
-def test_class_index_out_of_range_raises_index_error_naming_value_and_classes(backend, dtype, labels, bad, label_dtype, logits):
+def test_class_index_out_of_range_raises_index_error_naming_value_and_classes(backend, dtype,
+                                                                              labels, bad,
+                                                                              label_dtype, logits):
     y = np.array(labels, dtype=label_dtype)
     x = logits.astype(dtype)
     calls = _sparse_calls(x, y) + [
@@ -71,22 +73,30 @@ SHAPE_MISMATCHES = [
     ("cross_entropy index", lambda x, t: fastxent.cross_entropy(x, t), (2, 3), (3,)),
     ("cross_entropy probabilities", lambda x, t: fastxent.cross_entropy(x, t), (2, 3), (2, 4)),
     ("with_grad k-dim", lambda x, t: fastxent.cross_entropy_with_grad(x, t), (2, 3, 4), (2, 3)),
-    ("with_grad k-dim probabilities", lambda x, t: fastxent.cross_entropy_with_grad(x, t), (2, 3, 4), (2, 4, 3)),
+    ("with_grad k-dim probabilities", lambda x, t: fastxent.cross_entropy_with_grad(x, t),
+     (2, 3, 4), (2, 4, 3)),
     ("1-d", lambda x, t: fastxent.cross_entropy(x, t), (5,), (2,)),
     ("CrossEntropyLoss", lambda x, t: fastxent.CrossEntropyLoss()(x, t), (4, 3), (5,)),
-    ("tf sparse", lambda x, t: fastxent.sparse_softmax_cross_entropy_with_logits(t, x), (2, 3), (1,)),
-    ("tf sparse fused", lambda x, t: fastxent.sparse_softmax_cross_entropy_with_logits_and_grad(t, x), (2, 3, 5), (3, 2)),
+    ("tf sparse", lambda x, t: fastxent.sparse_softmax_cross_entropy_with_logits(t, x),
+     (2, 3), (1,)),
+    ("tf sparse fused",
+     lambda x, t: fastxent.sparse_softmax_cross_entropy_with_logits_and_grad(t, x),
+     (2, 3, 5), (3, 2)),
     ("tf dense", lambda x, t: fastxent.softmax_cross_entropy_with_logits(t, x), (2, 3), (2, 4)),
-    ("tf dense fused", lambda x, t: fastxent.softmax_cross_entropy_with_logits_and_grad(t, x), (2, 3), (3, 2)),
+    ("tf dense fused", lambda x, t: fastxent.softmax_cross_entropy_with_logits_and_grad(t, x),
+     (2, 3), (3, 2)),
 ]
 
 
-@pytest.mark.parametrize("call, logits_shape, labels_shape", [case[1:] for case in SHAPE_MISMATCHES],
+@pytest.mark.parametrize("call, logits_shape, labels_shape",
+                         [case[1:] for case in SHAPE_MISMATCHES],
                          ids=[case[0] for case in SHAPE_MISMATCHES])
-def test_label_shape_mismatch_raises_value_error_naming_both_shapes(backend, dtype, call, logits_shape, labels_shape):
+def test_label_shape_mismatch_raises_value_error_naming_both_shapes(backend, dtype, call,
+                                                                    logits_shape, labels_shape):
     x = np.zeros(logits_shape, dtype=dtype)
     probabilities = len(labels_shape) == len(logits_shape)
-    t = np.full(labels_shape, 0.25, dtype=dtype) if probabilities else np.zeros(labels_shape, dtype=np.int64)
+    t = (np.full(labels_shape, 0.25, dtype=dtype) if probabilities
+         else np.zeros(labels_shape, dtype=np.int64))
     with pytest.raises(ValueError) as info:
         call(x, t)
     message = str(info.value)
@@ -96,7 +106,8 @@ def test_label_shape_mismatch_raises_value_error_naming_both_shapes(backend, dty
 @pytest.mark.parametrize("weight, message", [
     # the loss object checks at construction what it can without knowing C: "(C,)"
     ([1.0, 2.0], r"shape \(3,\)"), (np.ones((3, 1)), r"shape \((3|C),\)"),
-    ([1.0, -1.0, 1.0], "non-negative"), ([1.0, np.nan, 1.0], "finite"), ([1.0, np.inf, 1.0], "finite"),
+    ([1.0, -1.0, 1.0], "non-negative"), ([1.0, np.nan, 1.0], "finite"),
+    ([1.0, np.inf, 1.0], "finite"),
 ])
 def test_bad_weight_raises_value_error(backend, weight, message, logits):
     probabilities = np.full_like(logits, 1 / 3)
@@ -190,10 +201,12 @@ def test_options_of_the_wrong_type_raise_type_error(backend, kwargs, logits):
 
 
 @pytest.mark.parametrize("bad", [np.array([[1 + 1j, 2, 3]]), np.array([["a", "b", "c"]]),
-                                 np.array([[None, 1, 2]], dtype=object)], ids=["complex", "string", "object"])
+                                 np.array([[None, 1, 2]], dtype=object)],
+                         ids=["complex", "string", "object"])
 def test_non_numeric_logits_raise_type_error(backend, bad):
     for call in (lambda: fastxent.cross_entropy(bad, [0]), lambda: fastxent.softmax(bad),
-                 lambda: fastxent.logsumexp(bad), lambda: fastxent.sparse_softmax_cross_entropy_with_logits([0], bad)):
+                 lambda: fastxent.logsumexp(bad),
+                 lambda: fastxent.sparse_softmax_cross_entropy_with_logits([0], bad)):
         with pytest.raises(TypeError, match="dtype"):
             call()
 
@@ -255,10 +268,13 @@ PUBLIC_CALLS = {
     "softmax": lambda x, **kw: fastxent.softmax(x, **kw),
     "log_softmax": lambda x, **kw: fastxent.log_softmax(x, **kw),
     "logsumexp": lambda x, **kw: fastxent.logsumexp(x, **kw),
-    "tf dense": lambda x, **kw: fastxent.softmax_cross_entropy_with_logits(np.full_like(x, 1 / 3), x, **kw),
-    "tf dense fused": lambda x, **kw: fastxent.softmax_cross_entropy_with_logits_and_grad(np.full_like(x, 1 / 3), x, **kw),
+    "tf dense": lambda x, **kw: fastxent.softmax_cross_entropy_with_logits(
+        np.full_like(x, 1 / 3), x, **kw),
+    "tf dense fused": lambda x, **kw: fastxent.softmax_cross_entropy_with_logits_and_grad(
+        np.full_like(x, 1 / 3), x, **kw),
     "tf sparse": lambda x, **kw: fastxent.sparse_softmax_cross_entropy_with_logits([0, 1], x, **kw),
-    "tf sparse fused": lambda x, **kw: fastxent.sparse_softmax_cross_entropy_with_logits_and_grad([0, 1], x, **kw),
+    "tf sparse fused": lambda x, **kw: fastxent.sparse_softmax_cross_entropy_with_logits_and_grad(
+        [0, 1], x, **kw),
     "cross_entropy": lambda x, **kw: fastxent.cross_entropy(x, [0, 1], **kw),
     "cross_entropy_with_grad": lambda x, **kw: fastxent.cross_entropy_with_grad(x, [0, 1], **kw),
 }

@@ -7,19 +7,19 @@ misaligned), with extreme values mixed in (the largest finite values, +-inf, NaN
 and every option. The call must either raise the documented exception or return the documented
 result, which is computed independently of the kernels by tests/reference.py in float64 (the
 formulas of docs/numerics.md and the README's "Non-finite input" table), with NaN and inf in
-exactly the documented places; and the inputs must be unchanged. Runs on both backends. ``FASTXENT_FUZZ_EXAMPLES`` sets the examples
-per test (default 150); ``pytest --hypothesis-show-statistics`` counts them.
+exactly the documented places; and the inputs must be unchanged. Runs on both backends.
+``FASTXENT_FUZZ_EXAMPLES`` sets the examples per test (default 150);
+``pytest --hypothesis-show-statistics`` counts them.
 """
 
 import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastxent
-
 import reference
 from helpers import in_layout
 
@@ -245,9 +245,12 @@ def assert_sparse_result(x, labels, options, grad_output, got_loss, got_grad, re
             close(got_loss, expected, result, 16 * eps * scale.reshape(np.shape(labels)), "losses")
         else:
             total = loss_rows.sum()
-            expected = total if reduction == "sum" else (total / denominator if denominator else np.nan)
-            atol = 16 * eps * scale.sum() * (1 if reduction == "sum" else 1 / max(denominator, 1e-300))
-            close(np.asarray(got_loss), np.asarray(expected).astype(result), result, atol, reduction)
+            expected = (total if reduction == "sum"
+                        else (total / denominator if denominator else np.nan))
+            atol = (16 * eps * scale.sum()
+                    * (1 if reduction == "sum" else 1 / max(denominator, 1e-300)))
+            close(np.asarray(got_loss), np.asarray(expected).astype(result), result, atol,
+                  reduction)
         if got_grad is not None:
             assert got_grad.shape == x.shape and got_grad.dtype == result
             got_rows = as_rows(np.asarray(got_grad, dtype=np.float64), ax)
@@ -273,7 +276,8 @@ def test_cross_entropy_with_class_indices_returns_the_documented_result_or_raise
         return
     with np.errstate(all="ignore"):
         loss = fastxent.cross_entropy(x, labels, **options)
-        loss2, grad = fastxent.cross_entropy_with_grad(x, labels, grad_output=grad_output, **options)
+        loss2, grad = fastxent.cross_entropy_with_grad(x, labels, grad_output=grad_output,
+                                                       **options)
     assert_unchanged(inputs, before)
     np.testing.assert_array_equal(loss, loss2)  # the fused call gives the same loss
     assert np.asarray(loss).dtype == result_dtype(x.dtype)
@@ -300,7 +304,8 @@ def test_tensorflow_sparse_functions_return_the_documented_result_or_raise(backe
         assert_unchanged(inputs, before)
         return
     with np.errstate(all="ignore"):
-        loss = fastxent.sparse_softmax_cross_entropy_with_logits(labels, x, n_threads=options["n_threads"])
+        loss = fastxent.sparse_softmax_cross_entropy_with_logits(labels, x,
+                                                                 n_threads=options["n_threads"])
         loss2, grad = fastxent.sparse_softmax_cross_entropy_with_logits_and_grad(labels, x)
     assert_unchanged(inputs, before)
     np.testing.assert_array_equal(loss, loss2)
@@ -345,7 +350,8 @@ def dense_reference(x, t, axis, weight, smoothing):
     xc = np.asarray(x).astype(compute).astype(np.float64)
     tc = np.asarray(t).astype(compute).astype(np.float64)
     rows, trows = as_rows(xc, axis), as_rows(tc, axis)
-    per_row = reference.rows(rows, trows, weight=weight, label_smoothing=smoothing, dtype=np.float64)
+    per_row = reference.rows(rows, trows, weight=weight, label_smoothing=smoothing,
+                             dtype=np.float64)
     return per_row.loss, per_row.grad, per_row.loss_size, per_row.grad_size
 
 
@@ -371,9 +377,11 @@ def test_dense_labels_and_probability_targets_return_the_documented_result(backe
         return
     # TensorFlow: dense labels of the logits' dtype, any class axis, per-row losses.
     with np.errstate(all="ignore"):
-        loss, grad = fastxent.softmax_cross_entropy_with_logits_and_grad(t, x, axis=axis, n_threads=n_threads)
+        loss, grad = fastxent.softmax_cross_entropy_with_logits_and_grad(t, x, axis=axis,
+                                                                         n_threads=n_threads)
         assert_unchanged(inputs, before)
-        np.testing.assert_array_equal(loss, fastxent.softmax_cross_entropy_with_logits(t, x, axis=axis))
+        np.testing.assert_array_equal(loss,
+                                      fastxent.softmax_cross_entropy_with_logits(t, x, axis=axis))
         ref_loss, ref_grad, scale, gscale = dense_reference(x, t, ax, None, 0.0)
         loss_shape = np.delete(x.shape, ax)
         close(loss, ref_loss.reshape(loss_shape).astype(result), result,
@@ -425,7 +433,8 @@ def normaliser_problems(draw):
     dtype = draw(st.sampled_from(LOGIT_DTYPES))
     x = draw(arrays(dtype, shape, value_strategy(dtype)))
     rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
-    return in_layout(x, draw(st.sampled_from(LAYOUTS)), rng), axis, draw(st.sampled_from([None, 1, 2]))
+    layout = draw(st.sampled_from(LAYOUTS))
+    return in_layout(x, layout, rng), axis, draw(st.sampled_from([None, 1, 2]))
 
 
 def normaliser_reference(x, axis):

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 import fastxent
-
 import reference
 from helpers import numerical_gradient
 
@@ -21,7 +20,8 @@ VARIANTS = [
     {"weight": [0.3, 1.0, 2.5, 0.7, 1.2], "label_smoothing": 0.3},
     {"ignore_index": 2},
     {"ignore_index": 2, "weight": [0.3, 1.0, 2.5, 0.7, 1.2], "label_smoothing": 0.1},
-    {"ignore_index": 2, "weight": [0.3, 1.0, 2.5, 0.7, 1.2], "label_smoothing": 0.1, "reduction": "sum"},
+    {"ignore_index": 2, "weight": [0.3, 1.0, 2.5, 0.7, 1.2], "label_smoothing": 0.1,
+     "reduction": "sum"},
     {"weight": [0.3, 1.0, 2.5, 0.0, 1.2], "reduction": "sum"},
     {"label_smoothing": 1.0},
 ]
@@ -38,20 +38,24 @@ def test_class_index_gradient_matches_finite_differences(backend, kwargs, shape)
     _check(lambda z: 1.7 * float(fastxent.cross_entropy(z, target, **kwargs)), grad, x)
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"weight": [0.3, 1.0, 2.5, 0.7, 1.2]}, {"label_smoothing": 0.25}],
+@pytest.mark.parametrize("kwargs",
+                         [{}, {"weight": [0.3, 1.0, 2.5, 0.7, 1.2]}, {"label_smoothing": 0.25}],
                          ids=["plain", "weight", "smoothing"])
 def test_none_reduction_gradient_with_array_grad_output(backend, kwargs):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((7, 5))
     target = rng.integers(0, 5, 7)
     grad_output = rng.standard_normal(7)
-    _, grad = fastxent.cross_entropy_with_grad(x, target, reduction="none", grad_output=grad_output, **kwargs)
-    _check(lambda z: float(np.dot(grad_output, fastxent.cross_entropy(z, target, reduction="none", **kwargs))),
+    _, grad = fastxent.cross_entropy_with_grad(x, target, reduction="none", grad_output=grad_output,
+                                               **kwargs)
+    _check(lambda z: float(np.dot(grad_output,
+                                  fastxent.cross_entropy(z, target, reduction="none", **kwargs))),
            grad, x)
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"weight": [0.3, 1.0, 2.5, 0.7, 1.2]}, {"label_smoothing": 0.25},
-                                    {"reduction": "sum"}], ids=["plain", "weight", "smoothing", "sum"])
+@pytest.mark.parametrize("kwargs", [{}, {"weight": [0.3, 1.0, 2.5, 0.7, 1.2]},
+                                    {"label_smoothing": 0.25}, {"reduction": "sum"}],
+                         ids=["plain", "weight", "smoothing", "sum"])
 def test_probability_target_gradient_matches_finite_differences(backend, kwargs):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((6, 5))
@@ -66,9 +70,11 @@ def test_dense_labels_not_summing_to_one_get_the_true_gradient(backend):
     logits = rng.standard_normal((5, 4))
     labels = rng.random((5, 4)) * 2  # rows sum to anything but 1
     loss, backprop = fastxent.softmax_cross_entropy_with_logits_and_grad(labels, logits)
-    _check(lambda z: float(fastxent.softmax_cross_entropy_with_logits(labels, z).sum()), backprop, logits)
+    _check(lambda z: float(fastxent.softmax_cross_entropy_with_logits(labels, z).sum()), backprop,
+           logits)
     np.testing.assert_allclose(backprop, reference.rows(logits, labels).grad, rtol=1e-12)
-    assert not np.allclose(backprop, reference.softmax(logits) - labels)  # TensorFlow's raw op would be wrong here
+    # TensorFlow's raw op would be wrong here
+    assert not np.allclose(backprop, reference.softmax(logits) - labels)
 
 
 def test_sparse_tensorflow_backprop_matches_finite_differences(backend):
@@ -112,14 +118,17 @@ def test_none_reduction_gradient_with_ignored_targets(backend, kwargs, shape):
     target = rng.integers(0, 5, shape[:1] + shape[2:])
     target.flat[::3] = 3
     grad_output = rng.standard_normal(target.shape)
-    _, grad = fastxent.cross_entropy_with_grad(x, target, reduction="none", grad_output=grad_output, **kwargs)
+    _, grad = fastxent.cross_entropy_with_grad(x, target, reduction="none", grad_output=grad_output,
+                                               **kwargs)
     ignored_rows = np.moveaxis(grad, 1, -1)[target == 3]
     assert ignored_rows.size and (ignored_rows == 0).all()
-    _check(lambda z: float(np.sum(grad_output * fastxent.cross_entropy(z, target, reduction="none", **kwargs))),
+    _check(lambda z: float(np.sum(grad_output * fastxent.cross_entropy(z, target, reduction="none",
+                                                                       **kwargs))),
            grad, x)
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"weight": [0.3, 1.0, 2.5, 0.7, 1.2], "label_smoothing": 0.2}],
+@pytest.mark.parametrize("kwargs",
+                         [{}, {"weight": [0.3, 1.0, 2.5, 0.7, 1.2], "label_smoothing": 0.2}],
                          ids=["plain", "weight,label_smoothing"])
 @pytest.mark.parametrize("normalised", [True, False], ids=["normalised", "unnormalised"])
 def test_probability_target_none_gradient_with_array_grad_output(backend, kwargs, normalised):
@@ -129,8 +138,10 @@ def test_probability_target_none_gradient_with_array_grad_output(backend, kwargs
     if normalised:
         target /= target.sum(axis=1, keepdims=True)
     grad_output = rng.standard_normal((4, 3))
-    _, grad = fastxent.cross_entropy_with_grad(x, target, reduction="none", grad_output=grad_output, **kwargs)
-    _check(lambda z: float(np.sum(grad_output * fastxent.cross_entropy(z, target, reduction="none", **kwargs))),
+    _, grad = fastxent.cross_entropy_with_grad(x, target, reduction="none", grad_output=grad_output,
+                                               **kwargs)
+    _check(lambda z: float(np.sum(grad_output * fastxent.cross_entropy(z, target, reduction="none",
+                                                                       **kwargs))),
            grad, x)
 
 
@@ -140,8 +151,10 @@ def test_unnormalised_probability_targets_get_the_true_weighted_gradient(backend
     x = rng.standard_normal((6, 4))
     target = rng.random((6, 4)) * 3  # rows sum to anything but 1
     weight = np.array([0.5, 2.0, 1.0, 0.25])
-    _, grad = fastxent.cross_entropy_with_grad(x, target, weight=weight, reduction=reduction, grad_output=0.6)
-    _check(lambda z: 0.6 * float(fastxent.cross_entropy(z, target, weight=weight, reduction=reduction)), grad, x)
+    _, grad = fastxent.cross_entropy_with_grad(x, target, weight=weight, reduction=reduction,
+                                               grad_output=0.6)
+    _check(lambda z: 0.6 * float(fastxent.cross_entropy(z, target, weight=weight,
+                                                        reduction=reduction)), grad, x)
     # the closed form: (sum_c w_c t_c) p - w t per row, scaled by the reduction
     _, expected = reference.cross_entropy(x, target, weight=weight, reduction=reduction,
                                           grad_output=0.6)
@@ -154,8 +167,10 @@ def test_one_dimensional_input_gradient_matches_finite_differences(backend, redu
     grad_output = 1.9
     _, grad = fastxent.cross_entropy_with_grad(x, 2, reduction=reduction, grad_output=grad_output,
                                                label_smoothing=0.1, weight=[1.0, 2.0, 0.5, 1.5])
-    _check(lambda z: grad_output * float(fastxent.cross_entropy(z, 2, reduction=reduction, label_smoothing=0.1,
-                                                                weight=[1.0, 2.0, 0.5, 1.5])), grad, x)
+    _check(lambda z: grad_output * float(fastxent.cross_entropy(z, 2, reduction=reduction,
+                                                                label_smoothing=0.1,
+                                                                weight=[1.0, 2.0, 0.5, 1.5])),
+           grad, x)
 
 
 def test_crossentropyloss_with_grad_matches_finite_differences(backend):
@@ -163,7 +178,8 @@ def test_crossentropyloss_with_grad_matches_finite_differences(backend):
     x = rng.standard_normal((5, 4, 3))
     target = rng.integers(0, 4, (5, 3))
     target[0] = 0
-    module = fastxent.CrossEntropyLoss(weight=[1.0, 0.5, 2.0, 1.0], ignore_index=0, label_smoothing=0.05)
+    module = fastxent.CrossEntropyLoss(weight=[1.0, 0.5, 2.0, 1.0], ignore_index=0,
+                                       label_smoothing=0.05)
     _, grad = module.with_grad(x, target, grad_output=2.5)
     _check(lambda z: 2.5 * float(module(z, target)), grad, x)
 

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 import fastxent
-
 import reference
 from helpers import in_layout
 
@@ -68,7 +67,8 @@ def test_inputs_are_never_modified(backend, dtype):
 def test_labels_of_non_native_byte_order_and_strided_labels(backend, dtype):
     x, y = _data(dtype)
     expected = fastxent.cross_entropy(x, y, reduction="none")
-    np.testing.assert_array_equal(fastxent.cross_entropy(x, y.astype(">i4"), reduction="none"), expected)
+    np.testing.assert_array_equal(fastxent.cross_entropy(x, y.astype(">i4"), reduction="none"),
+                                  expected)
     strided = np.repeat(y, 2)[::2]
     np.testing.assert_array_equal(fastxent.cross_entropy(x, strided, reduction="none"), expected)
 
@@ -101,7 +101,8 @@ def test_class_axis_1_gives_the_bits_of_class_axis_last(backend, dtype, n_classe
     same(fastxent.logsumexp(x, axis=1), fastxent.logsumexp(last))
 
 
-@pytest.mark.parametrize("shape, axis", [((C, N), 0), ((5, C, 9), 1), ((4, 3, C), 2), ((4, 3, C), -1)])
+@pytest.mark.parametrize("shape, axis",
+                         [((C, N), 0), ((5, C, 9), 1), ((4, 3, C), 2), ((4, 3, C), -1)])
 def test_tensorflow_axis_argument_equals_moving_the_axis_last(backend, dtype, shape, axis):
     rng = np.random.default_rng(1)
     logits = rng.standard_normal(shape).astype(dtype)
@@ -116,7 +117,8 @@ def test_tensorflow_axis_argument_equals_moving_the_axis_last(backend, dtype, sh
         f = getattr(fastxent, name)
         expected = f(np.moveaxis(logits, axis, -1))
         got = f(logits, axis=axis)
-        np.testing.assert_allclose(got if name == "logsumexp" else np.moveaxis(got, axis, -1), expected,
+        np.testing.assert_allclose(got if name == "logsumexp" else np.moveaxis(got, axis, -1),
+                                   expected,
                                    rtol=4 * np.finfo(dtype).eps, atol=4 * np.finfo(dtype).eps)
 
 
@@ -159,7 +161,8 @@ def test_in_place_gradient_equals_out_of_place(backend, dtype, kwargs):
     np.testing.assert_array_equal(work, grad)
     work = x.copy()
     fastxent.sparse_softmax_cross_entropy_with_logits_and_grad(y, work, out=work)
-    np.testing.assert_array_equal(work, fastxent.sparse_softmax_cross_entropy_with_logits_and_grad(y, x)[1])
+    expected = fastxent.sparse_softmax_cross_entropy_with_logits_and_grad(y, x)[1]
+    np.testing.assert_array_equal(work, expected)
 
 
 def test_normalisers_write_out_and_work_in_place(backend, dtype):
@@ -201,8 +204,10 @@ def test_bad_out_raises_value_error(backend, dtype, bad_out, message):
     x, y = _data(dtype)
     onehot = np.eye(C, dtype=dtype)[y]
     for call in [lambda out: fastxent.cross_entropy_with_grad(x, y, out=out),
-                 lambda out: fastxent.sparse_softmax_cross_entropy_with_logits_and_grad(y, x, out=out),
-                 lambda out: fastxent.softmax_cross_entropy_with_logits_and_grad(onehot, x, out=out),
+                 lambda out: fastxent.sparse_softmax_cross_entropy_with_logits_and_grad(y, x,
+                                                                                        out=out),
+                 lambda out: fastxent.softmax_cross_entropy_with_logits_and_grad(onehot, x,
+                                                                                 out=out),
                  lambda out: fastxent.softmax(x, out=out),
                  lambda out: fastxent.log_softmax(x, out=out)]:
         out = bad_out(x)
@@ -214,7 +219,8 @@ def test_bad_out_raises_value_error(backend, dtype, bad_out, message):
 
 @pytest.mark.parametrize("bad_out, message", [
     (lambda x: np.empty(N + 1, x.dtype), "shape"), (lambda x: np.empty((N, 1), x.dtype), "shape"),
-    (lambda x: np.empty(N, np.float16), "dtype"), (lambda x: _read_only_like(np.empty(N, x.dtype)), "writeable"),
+    (lambda x: np.empty(N, np.float16), "dtype"),
+    (lambda x: _read_only_like(np.empty(N, x.dtype)), "writeable"),
 ], ids=["length", "keepdims", "dtype", "read-only"])
 def test_bad_logsumexp_out_raises_value_error(backend, dtype, bad_out, message):
     x, _ = _data(dtype)
@@ -255,7 +261,8 @@ def test_integer_and_bool_logits_are_computed_in_float64(backend, int_dtype):
 
 
 def test_array_likes_are_accepted(backend):
-    assert fastxent.cross_entropy([[1.0, 2.0, 3.0]], [2]) == fastxent.cross_entropy(np.array([[1.0, 2.0, 3.0]]), np.array([2]))
+    assert (fastxent.cross_entropy([[1.0, 2.0, 3.0]], [2])
+            == fastxent.cross_entropy(np.array([[1.0, 2.0, 3.0]]), np.array([2])))
 
 
 # ---------------------------------------------------------------------------------- non-finite
@@ -277,8 +284,9 @@ def test_minus_inf_logit_with_label_mass_gives_infinite_loss(backend, dtype):
     assert loss[0] == np.inf and np.isfinite(grad).all()
 
 
-@pytest.mark.parametrize("bad_row", [[-np.inf, -np.inf, -np.inf], [np.inf, 0.0, 1.0], [np.nan, 0.0, 1.0],
-                                     [0.0, 1.0, np.nan]], ids=["all -inf", "+inf", "nan", "nan last"])
+@pytest.mark.parametrize("bad_row", [[-np.inf, -np.inf, -np.inf], [np.inf, 0.0, 1.0],
+                                     [np.nan, 0.0, 1.0], [0.0, 1.0, np.nan]],
+                         ids=["all -inf", "+inf", "nan", "nan last"])
 def test_non_finite_rows_are_nan_and_other_rows_unaffected(backend, dtype, bad_row):
     x = np.array([bad_row, [1.0, 2.0, 3.0]], dtype=dtype)
     loss, grad = fastxent.cross_entropy_with_grad(x, [0, 1], reduction="none")
@@ -364,7 +372,8 @@ def test_out_overlapping_other_inputs_is_rejected(backend, dtype):
     buf = np.ones((N + 1, C), dtype=dtype)
     grad_output = buf.reshape(-1)[:N]  # the first rows of buf, which out=buf[1:] also covers
     with pytest.raises(ValueError, match="overlaps"):
-        fastxent.cross_entropy_with_grad(x, y, reduction="none", grad_output=grad_output, out=buf[1:])
+        fastxent.cross_entropy_with_grad(x, y, reduction="none", grad_output=grad_output,
+                                         out=buf[1:])
 
 
 def test_out_overlapping_an_input_given_as_a_buffer_is_rejected(backend, dtype):
@@ -420,7 +429,8 @@ def test_unreduced_losses_are_arrays_of_the_input_dtype(backend, dtype):
     for loss, shape in [(fastxent.cross_entropy(x, y, reduction="none"), (N,)),
                         (fastxent.cross_entropy(x3, y.reshape(8, 8), reduction="none"), (8, 8)),
                         (fastxent.sparse_softmax_cross_entropy_with_logits(y, x), (N,)),
-                        (fastxent.softmax_cross_entropy_with_logits(np.eye(C, dtype=dtype)[y], x), (N,)),
+                        (fastxent.softmax_cross_entropy_with_logits(np.eye(C, dtype=dtype)[y], x),
+                         (N,)),
                         (fastxent.logsumexp(x), (N,))]:
         assert isinstance(loss, np.ndarray) and loss.dtype == dtype and loss.shape == shape
 
@@ -439,9 +449,12 @@ def test_np_memmap_read_only_logits_labels_and_weights(backend, dtype, tmp_path)
         assert not mapped[name].flags.writeable
     mx, my, mw, mp = (mapped[k] for k in "xywp")
     for got, want in [
-        (fastxent.cross_entropy_with_grad(mx, my, weight=mw, reduction="none", grad_output=np.ones(N)),
-         fastxent.cross_entropy_with_grad(x, y, weight=weight, reduction="none", grad_output=np.ones(N))),
-        (fastxent.cross_entropy_with_grad(mx, mp, weight=mw), fastxent.cross_entropy_with_grad(x, probs, weight=weight)),
+        (fastxent.cross_entropy_with_grad(mx, my, weight=mw, reduction="none",
+                                          grad_output=np.ones(N)),
+         fastxent.cross_entropy_with_grad(x, y, weight=weight, reduction="none",
+                                          grad_output=np.ones(N))),
+        (fastxent.cross_entropy_with_grad(mx, mp, weight=mw),
+         fastxent.cross_entropy_with_grad(x, probs, weight=weight)),
         (fastxent.softmax_cross_entropy_with_logits_and_grad(mp, mx),
          fastxent.softmax_cross_entropy_with_logits_and_grad(probs, x)),
         (fastxent.sparse_softmax_cross_entropy_with_logits_and_grad(my, mx),
@@ -460,12 +473,14 @@ def test_every_layout_of_targets_and_weights_gives_the_contiguous_result(backend
     probs = np.random.default_rng(8).random(x.shape).astype(dtype)
     weight = np.linspace(0.5, 2.0, C)
     weight_view = {"fortran": weight, "strided": np.repeat(weight, 3)[::3],
-                   "negative strides": weight[::-1].copy()[::-1], "read-only": _read_only_like(weight) * 0 + weight,
+                   "negative strides": weight[::-1].copy()[::-1],
+                   "read-only": _read_only_like(weight) * 0 + weight,
                    "non-native byte order": weight.astype(weight.dtype.newbyteorder())}[layout]
     if layout == "read-only":
         weight_view.setflags(write=False)
     kwargs = {"label_smoothing": 0.1}
-    expected = [fastxent.cross_entropy_with_grad(x, probs, weight=weight, reduction="none", **kwargs),
+    expected = [fastxent.cross_entropy_with_grad(x, probs, weight=weight, reduction="none",
+                                                 **kwargs),
                 fastxent.softmax_cross_entropy_with_logits_and_grad(probs, x),
                 fastxent.cross_entropy_with_grad(x, y, weight=weight, **kwargs)]
     p = in_layout(probs, layout)
@@ -490,9 +505,10 @@ def test_k_dimensional_views_and_class_axis_views(backend, dtype):
         np.testing.assert_allclose(a, b, rtol=4 * eps, atol=4 * eps * np.abs(b).max())
 
 
-# ---------------------------------------------------------------------------------- unchanged inputs
+# --------------------------------------------------------------------------------- unchanged inputs
 
-@pytest.mark.parametrize("layout", ["C", "fortran", "strided", "negative strides", "non-native byte order"])
+@pytest.mark.parametrize("layout",
+                         ["C", "fortran", "strided", "negative strides", "non-native byte order"])
 def test_no_function_modifies_its_inputs(backend, dtype, layout):
     rng = np.random.default_rng(10)
     x = (rng.standard_normal((N, C)) * 3).astype(dtype)
@@ -510,13 +526,17 @@ def test_no_function_modifies_its_inputs(backend, dtype, layout):
     x3 = x.reshape(8, 8, C) if x.flags.c_contiguous else x[:N].reshape(8, 8, C)
     calls = [
         lambda: fastxent.cross_entropy(x, y, weight=weight, label_smoothing=0.2),
-        lambda: fastxent.cross_entropy_with_grad(x, y, weight=weight, reduction="none", grad_output=grad_output),
-        lambda: fastxent.cross_entropy_with_grad(x, probs, weight=weight, label_smoothing=0.3, reduction="sum"),
+        lambda: fastxent.cross_entropy_with_grad(x, y, weight=weight, reduction="none",
+                                                 grad_output=grad_output),
+        lambda: fastxent.cross_entropy_with_grad(x, probs, weight=weight, label_smoothing=0.3,
+                                                 reduction="sum"),
         lambda: fastxent.CrossEntropyLoss(weight=weight).with_grad(x, y, grad_output=2.0),
-        lambda: fastxent.sparse_softmax_cross_entropy_with_logits_and_grad(np.where(y < 0, 0, y), x),
+        lambda: fastxent.sparse_softmax_cross_entropy_with_logits_and_grad(
+            np.where(y < 0, 0, y), x),
         lambda: fastxent.softmax_cross_entropy_with_logits_and_grad(probs, x),
         lambda: fastxent.softmax_cross_entropy_with_logits_and_grad(probs.T, x.T, axis=0),
-        lambda: fastxent.softmax(x), lambda: fastxent.log_softmax(x, axis=0), lambda: fastxent.logsumexp(x),
+        lambda: fastxent.softmax(x), lambda: fastxent.log_softmax(x, axis=0),
+        lambda: fastxent.logsumexp(x),
         lambda: fastxent.cross_entropy(np.moveaxis(x3, 2, 1), y.reshape(8, 8), reduction="none"),
     ]
     for call in calls:
@@ -536,12 +556,16 @@ def test_thread_counts_give_identical_bits_for_every_function(backend, dtype):
     calls = [
         lambda n: fastxent.cross_entropy_with_grad(x, y, weight=weight, n_threads=n),
         lambda n: fastxent.cross_entropy_with_grad(x, y, reduction="sum", n_threads=n),
-        lambda n: fastxent.cross_entropy_with_grad(x, y, reduction="none", grad_output=np.arange(4096.0), n_threads=n),
-        lambda n: fastxent.cross_entropy_with_grad(x, probs, weight=weight, label_smoothing=0.1, n_threads=n),
+        lambda n: fastxent.cross_entropy_with_grad(x, y, reduction="none",
+                                                   grad_output=np.arange(4096.0), n_threads=n),
+        lambda n: fastxent.cross_entropy_with_grad(x, probs, weight=weight, label_smoothing=0.1,
+                                                   n_threads=n),
         lambda n: (fastxent.cross_entropy(x, y, n_threads=n),),
-        lambda n: fastxent.sparse_softmax_cross_entropy_with_logits_and_grad(np.abs(y) % 100, x, n_threads=n),
+        lambda n: fastxent.sparse_softmax_cross_entropy_with_logits_and_grad(np.abs(y) % 100, x,
+                                                                             n_threads=n),
         lambda n: fastxent.softmax_cross_entropy_with_logits_and_grad(probs, x, n_threads=n),
-        lambda n: fastxent.softmax_cross_entropy_with_logits_and_grad(probs.T, x.T, axis=0, n_threads=n),
+        lambda n: fastxent.softmax_cross_entropy_with_logits_and_grad(probs.T, x.T, axis=0,
+                                                                      n_threads=n),
         lambda n: (fastxent.softmax(x, n_threads=n), fastxent.log_softmax(x, n_threads=n),
                    fastxent.logsumexp(x, n_threads=n), fastxent.logsumexp(x, axis=0, n_threads=n)),
     ]
@@ -577,14 +601,17 @@ def test_minus_inf_in_every_class_but_the_label_gives_zero_loss_and_gradient(bac
 @pytest.mark.parametrize("reduction, expected", [("mean", np.nan), ("sum", 0.0)])
 def test_zero_rows_with_probability_targets_and_k_dimensions(backend, dtype, reduction, expected):
     x = np.empty((0, 4), dtype=dtype)
-    loss, grad = fastxent.cross_entropy_with_grad(x, np.empty((0, 4), dtype=dtype), reduction=reduction)
+    loss, grad = fastxent.cross_entropy_with_grad(x, np.empty((0, 4), dtype=dtype),
+                                                  reduction=reduction)
     np.testing.assert_array_equal(loss, expected)
     assert grad.shape == (0, 4) and grad.dtype == dtype
     x3 = np.empty((3, 4, 0), dtype=dtype)  # N > 0 but no positions
-    loss, grad = fastxent.cross_entropy_with_grad(x3, np.empty((3, 0), dtype=np.int64), reduction=reduction)
+    loss, grad = fastxent.cross_entropy_with_grad(x3, np.empty((3, 0), dtype=np.int64),
+                                                  reduction=reduction)
     np.testing.assert_array_equal(loss, expected)
     assert grad.shape == (3, 4, 0)
-    assert fastxent.cross_entropy(x3, np.empty((3, 0), dtype=np.int64), reduction="none").shape == (3, 0)
+    assert fastxent.cross_entropy(x3, np.empty((3, 0), dtype=np.int64),
+                                  reduction="none").shape == (3, 0)
     dense_loss, backprop = fastxent.softmax_cross_entropy_with_logits_and_grad(x, x)
     assert dense_loss.shape == (0,) and backprop.shape == (0, 4)
     with pytest.raises(ValueError, match="zero classes"):  # along axis 0 there are no classes
@@ -597,30 +624,37 @@ def test_in_place_dense_gradient_with_the_class_axis_first(backend, dtype):
     logits = np.ascontiguousarray(x.T)  # (C, N), classes along axis 0
     loss, grad = fastxent.softmax_cross_entropy_with_logits_and_grad(labels, logits, axis=0)
     work = logits.copy()
-    loss2, returned = fastxent.softmax_cross_entropy_with_logits_and_grad(labels, work, axis=0, out=work)
+    loss2, returned = fastxent.softmax_cross_entropy_with_logits_and_grad(labels, work, axis=0,
+                                                                          out=work)
     assert returned is work
     np.testing.assert_array_equal(loss2, loss)
     np.testing.assert_array_equal(work, grad)
 
 
-@pytest.mark.parametrize("layout", ["strided", "negative strides", "fortran", "non-native byte order"])
+@pytest.mark.parametrize("layout",
+                         ["strided", "negative strides", "fortran", "non-native byte order"])
 def test_out_of_any_writeable_layout_receives_the_result(backend, dtype, layout):
     x, y = _data(dtype, seed=13)
     make = {"strided": lambda: np.zeros((2 * N, 2 * C), dtype)[::2, ::2],
             "negative strides": lambda: np.zeros((N, C), dtype)[::-1, ::-1],
             "fortran": lambda: np.zeros((N, C), dtype, order="F"),
-            "non-native byte order": lambda: np.zeros((N, C), np.dtype(dtype).newbyteorder())}[layout]
+            "non-native byte order": lambda: np.zeros((N, C),
+                                                      np.dtype(dtype).newbyteorder())}[layout]
     probs = np.random.default_rng(14).random((N, C)).astype(dtype)
     for call in [lambda out: fastxent.cross_entropy_with_grad(x, y, out=out)[1],
                  lambda out: fastxent.cross_entropy_with_grad(x, probs, out=out)[1],
-                 lambda out: fastxent.sparse_softmax_cross_entropy_with_logits_and_grad(y, x, out=out)[1],
-                 lambda out: fastxent.softmax_cross_entropy_with_logits_and_grad(probs, x, out=out)[1],
-                 lambda out: fastxent.softmax(x, out=out), lambda out: fastxent.log_softmax(x, out=out)]:
+                 lambda out: fastxent.sparse_softmax_cross_entropy_with_logits_and_grad(y, x,
+                                                                                        out=out)[1],
+                 lambda out: fastxent.softmax_cross_entropy_with_logits_and_grad(probs, x,
+                                                                                 out=out)[1],
+                 lambda out: fastxent.softmax(x, out=out),
+                 lambda out: fastxent.log_softmax(x, out=out)]:
         expected = call(None)
         try:
             out = make()
             returned = call(out)
-        except ValueError as exc:  # a non-native out may be refused for its dtype, never mis-written
+        # a non-native out may be refused for its dtype, never mis-written
+        except ValueError as exc:
             assert layout == "non-native byte order" and "dtype" in str(exc)
             continue
         assert returned is out

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 import fastxent
-from fastxent import _linear
-
 import reference
+from fastxent import _linear
 
 # float32 inputs: the products are rounded in float32 (relative error ~ sqrt(H) eps)
 RTOL = {np.float32: 2e-5, np.float64: 1e-12}

@@ -1,18 +1,18 @@
 """softmax, log_softmax and logsumexp: the semantics of scipy.special for one axis, checked against
-scipy itself and against the long-double reference (tests/reference.py), for every axis and layout."""
+scipy itself and against the long-double reference (tests/reference.py), for every axis and
+layout."""
 
 import numpy as np
 import pytest
 
 import fastxent
-
 import reference
 from helpers import ulp_error
 
 
-
 def scipy_special():
-    return pytest.importorskip("scipy.special", reason="scipy is not installed: scipy comparisons skipped")
+    return pytest.importorskip("scipy.special",
+                               reason="scipy is not installed: scipy comparisons skipped")
 
 FUNCTIONS = ["softmax", "log_softmax", "logsumexp"]
 SHAPES_AND_AXES = [((6,), 0), ((6,), -1), ((9, 5), 1), ((9, 5), 0), ((9, 5), -2),
@@ -24,7 +24,8 @@ def _logits(shape, dtype, scale=4.0, seed=0):
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)
-@pytest.mark.parametrize("shape, axis", SHAPES_AND_AXES, ids=[f"{s}-axis{a}" for s, a in SHAPES_AND_AXES])
+@pytest.mark.parametrize("shape, axis", SHAPES_AND_AXES,
+                         ids=[f"{s}-axis{a}" for s, a in SHAPES_AND_AXES])
 def test_normaliser_matches_scipy_along_any_axis(backend, dtype, name, shape, axis):
     x = _logits(shape, dtype)
     got = getattr(fastxent, name)(x, axis=axis)
@@ -35,8 +36,10 @@ def test_normaliser_matches_scipy_along_any_axis(backend, dtype, name, shape, ax
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)
-@pytest.mark.parametrize("shape, axis", SHAPES_AND_AXES, ids=[f"{s}-axis{a}" for s, a in SHAPES_AND_AXES])
-def test_normaliser_within_a_few_ulp_of_the_long_double_reference_along_any_axis(backend, dtype, name, shape, axis):
+@pytest.mark.parametrize("shape, axis", SHAPES_AND_AXES,
+                         ids=[f"{s}-axis{a}" for s, a in SHAPES_AND_AXES])
+def test_normaliser_within_a_few_ulp_of_the_long_double_reference_along_any_axis(backend, dtype,
+                                                                                 name, shape, axis):
     x = _logits(shape, dtype, seed=1)
     got = getattr(fastxent, name)(x, axis=axis)
     exact = getattr(reference, name)(x, axis)
@@ -59,7 +62,8 @@ def test_class_axis_not_last_equals_moving_it_last(backend, dtype, name):
     eps = np.finfo(dtype).eps
     np.testing.assert_allclose(got if name == "logsumexp" else np.moveaxis(got, 1, -1), moved,
                                rtol=4 * eps, atol=4 * eps)
-    np.testing.assert_allclose(moved, getattr(reference, name)(np.moveaxis(x, 1, -1), -1).astype(np.float64),
+    expected = getattr(reference, name)(np.moveaxis(x, 1, -1), -1)
+    np.testing.assert_allclose(moved, expected.astype(np.float64),
                                rtol=8 * eps, atol=8 * eps)
 
 
@@ -74,19 +78,26 @@ def test_huge_logits_do_not_overflow(backend, dtype, name):
 
 
 def test_softmax_of_a_constant_row_is_uniform_and_of_one_class_is_one(backend, dtype):
-    np.testing.assert_array_equal(fastxent.softmax(np.full((3, 4), 7.5, dtype=dtype)), np.full((3, 4), 0.25))
-    np.testing.assert_array_equal(fastxent.softmax(np.array([[-3.0], [2.0]], dtype=dtype)), [[1.0], [1.0]])
-    np.testing.assert_array_equal(fastxent.log_softmax(np.array([[-3.0], [2.0]], dtype=dtype)), [[0.0], [0.0]])
-    np.testing.assert_array_equal(fastxent.logsumexp(np.array([[-3.0], [2.0]], dtype=dtype)), [-3.0, 2.0])
+    np.testing.assert_array_equal(fastxent.softmax(np.full((3, 4), 7.5, dtype=dtype)),
+                                  np.full((3, 4), 0.25))
+    np.testing.assert_array_equal(fastxent.softmax(np.array([[-3.0], [2.0]], dtype=dtype)),
+                                  [[1.0], [1.0]])
+    np.testing.assert_array_equal(fastxent.log_softmax(np.array([[-3.0], [2.0]], dtype=dtype)),
+                                  [[0.0], [0.0]])
+    np.testing.assert_array_equal(fastxent.logsumexp(np.array([[-3.0], [2.0]], dtype=dtype)),
+                                  [-3.0, 2.0])
 
 
 def test_minus_inf_entries_follow_scipy(backend, dtype):
-    x = np.array([[0.0, -np.inf, 1.0], [-np.inf, -np.inf, -np.inf], [-np.inf, 2.0, -np.inf]], dtype=dtype)
+    x = np.array([[0.0, -np.inf, 1.0], [-np.inf, -np.inf, -np.inf], [-np.inf, 2.0, -np.inf]],
+                 dtype=dtype)
     with np.errstate(all="ignore"):
-        expected = {name: getattr(scipy_special(), name)(x.astype(np.float64), axis=-1) for name in FUNCTIONS}
+        expected = {name: getattr(scipy_special(), name)(x.astype(np.float64), axis=-1)
+                    for name in FUNCTIONS}
     for name in FUNCTIONS:
         got = getattr(fastxent, name)(x)
-        np.testing.assert_allclose(got, expected[name], rtol=4 * np.finfo(dtype).eps)  # NaN where scipy has NaN
+        np.testing.assert_allclose(got, expected[name],
+                                   rtol=4 * np.finfo(dtype).eps)  # NaN where scipy has NaN
     assert fastxent.softmax(x)[0, 1] == 0 and fastxent.log_softmax(x)[0, 1] == -np.inf
     assert fastxent.logsumexp(x)[1] == -np.inf and np.isnan(fastxent.softmax(x)[1]).all()
 

@@ -10,7 +10,6 @@ import pytest
 
 import fastxent
 
-
 # Forking a process that has threads is what these tests are about: the parent has OpenMP's
 # workers, NumPy's BLAS threads, and in one test a Python thread inside a parallel call, and the
 # child must still compute (serially, with the parent's bits). CPython >= 3.12 warns about every

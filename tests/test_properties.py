@@ -9,7 +9,6 @@ from hypothesis.extra import numpy as hnp
 
 import fastxent
 from fastxent import _backend, _kernels_py
-
 from helpers import load_kernels
 
 # The backend fixture (a monkeypatch) stays the same for every example of a test, which is
@@ -34,7 +33,8 @@ def logits_and_labels(draw, dtype, max_classes=40):
 @given(data=st.data())
 def test_loss_is_invariant_to_shifting_a_row(backend, dtype, data):
     x, labels = data.draw(logits_and_labels(dtype))
-    shift = data.draw(hnp.arrays(dtype, (x.shape[0], 1), elements=st.integers(-100, 100).map(float)))
+    shift = data.draw(hnp.arrays(dtype, (x.shape[0], 1),
+                                 elements=st.integers(-100, 100).map(float)))
     a = fastxent.cross_entropy(x, labels, reduction="none")
     b = fastxent.cross_entropy(x + shift, labels, reduction="none")
     np.testing.assert_allclose(a, b, rtol=8 * np.finfo(dtype).eps, atol=4 * np.finfo(dtype).eps)
@@ -44,9 +44,11 @@ def test_loss_is_invariant_to_shifting_a_row(backend, dtype, data):
 def test_softmax_rows_sum_to_one_and_gradient_rows_to_zero(backend, dtype, data):
     x, labels = data.draw(logits_and_labels(dtype))
     p = fastxent.softmax(x)
-    np.testing.assert_allclose(p.astype(np.float64).sum(axis=1), 1.0, rtol=x.shape[1] * np.finfo(dtype).eps)
+    np.testing.assert_allclose(p.astype(np.float64).sum(axis=1), 1.0,
+                               rtol=x.shape[1] * np.finfo(dtype).eps)
     _, grad = fastxent.cross_entropy_with_grad(x, labels, reduction="sum")
-    np.testing.assert_allclose(grad.astype(np.float64).sum(axis=1), 0.0, atol=4 * x.shape[1] * np.finfo(dtype).eps)
+    np.testing.assert_allclose(grad.astype(np.float64).sum(axis=1), 0.0,
+                               atol=4 * x.shape[1] * np.finfo(dtype).eps)
     t = data.draw(hnp.arrays(dtype, x.shape, elements=st.integers(1, 100).map(float)))
     t /= t.sum(axis=1, keepdims=True)
     _, backprop = fastxent.softmax_cross_entropy_with_logits_and_grad(t, x)
@@ -60,11 +62,15 @@ def _every_result(x, labels, dense, weight, smoothing):
     results = [
         *fastxent.cross_entropy_with_grad(np.moveaxis(x, -1, 1) if k > 1 else x,
                                           np.moveaxis(labels, -1, 1) if k > 1 else labels,
-                                          reduction="none", label_smoothing=smoothing, weight=weight),
-        *fastxent.cross_entropy_with_grad(x.reshape(-1, x.shape[-1]), labels.reshape(-1), weight=weight,
+                                          reduction="none", label_smoothing=smoothing,
+                                          weight=weight),
+        *fastxent.cross_entropy_with_grad(x.reshape(-1, x.shape[-1]), labels.reshape(-1),
+                                          weight=weight,
                                           label_smoothing=smoothing, ignore_index=0),
-        *fastxent.cross_entropy_with_grad(x.reshape(-1, x.shape[-1]), dense.reshape(-1, x.shape[-1]),
-                                          weight=weight, label_smoothing=smoothing, reduction="sum"),
+        *fastxent.cross_entropy_with_grad(x.reshape(-1, x.shape[-1]),
+                                          dense.reshape(-1, x.shape[-1]),
+                                          weight=weight, label_smoothing=smoothing,
+                                          reduction="sum"),
         *fastxent.sparse_softmax_cross_entropy_with_logits_and_grad(labels, x),
         *fastxent.softmax_cross_entropy_with_logits_and_grad(dense, x),
         *fastxent.softmax_cross_entropy_with_logits_and_grad(np.moveaxis(dense, -1, 0),
@@ -95,7 +101,8 @@ def test_compiled_and_fallback_agree_within_a_few_ulps(dtype, data, monkeypatch)
         finite = np.isfinite(p)
         np.testing.assert_array_equal(np.isfinite(c), finite, err_msg=f"result {i}")
         scale = np.abs(p[finite]).max() if finite.any() else 0.0
-        np.testing.assert_allclose(c, p, rtol=8 * eps, atol=8 * eps * max(1.0, scale), err_msg=f"result {i}")
+        np.testing.assert_allclose(c, p, rtol=8 * eps, atol=8 * eps * max(1.0, scale),
+                                   err_msg=f"result {i}")
 
 
 @given(data=st.data())
@@ -104,16 +111,19 @@ def test_losses_are_non_negative_and_mean_is_between_min_and_max(backend, dtype,
     losses = fastxent.cross_entropy(x, labels, reduction="none")
     assert (losses >= 0).all()
     mean = fastxent.cross_entropy(x, labels)
-    assert losses.min() * (1 - 4 * np.finfo(dtype).eps) <= mean <= losses.max() * (1 + 4 * np.finfo(dtype).eps)
+    eps = np.finfo(dtype).eps
+    assert losses.min() * (1 - 4 * eps) <= mean <= losses.max() * (1 + 4 * eps)
 
 
 @given(data=st.data())
 def test_softmax_and_dense_loss_are_invariant_to_shifting_a_row(backend, dtype, data):
     x, _ = data.draw(logits_and_labels(dtype))
-    shift = data.draw(hnp.arrays(dtype, (x.shape[0], 1), elements=st.integers(-100, 100).map(float)))
+    shift = data.draw(hnp.arrays(dtype, (x.shape[0], 1),
+                                 elements=st.integers(-100, 100).map(float)))
     t = data.draw(hnp.arrays(dtype, x.shape, elements=st.integers(0, 10).map(float)))
     eps = np.finfo(dtype).eps
-    np.testing.assert_allclose(fastxent.softmax(x + shift), fastxent.softmax(x), rtol=8 * eps, atol=8 * eps)
+    np.testing.assert_allclose(fastxent.softmax(x + shift), fastxent.softmax(x), rtol=8 * eps,
+                               atol=8 * eps)
     np.testing.assert_allclose(fastxent.logsumexp(x + shift), fastxent.logsumexp(x) + shift[:, 0],
                                rtol=8 * eps, atol=8 * eps * 200)
     a, ga = fastxent.softmax_cross_entropy_with_logits_and_grad(t, x)
@@ -136,4 +146,5 @@ def test_weighted_smoothed_gradient_rows_sum_to_zero_and_reductions_agree(backen
     total = fastxent.cross_entropy(x, labels, reduction="sum", **kwargs)
     mean = fastxent.cross_entropy(x, labels, **kwargs)
     np.testing.assert_allclose(total, none.astype(np.float64).sum(), rtol=8 * eps, atol=8 * eps)
-    np.testing.assert_allclose(mean, none.astype(np.float64).sum() / weight[labels].sum(), rtol=8 * eps, atol=8 * eps)
+    np.testing.assert_allclose(mean, none.astype(np.float64).sum() / weight[labels].sum(),
+                               rtol=8 * eps, atol=8 * eps)

@@ -13,7 +13,8 @@ EXACT_SEED_LOSS = 2.4076059644443803
 
 
 def test_pytorch_crossentropyloss_example_prints_the_documented_float32_value(backend):
-    loss = fastxent.CrossEntropyLoss()(np.array(SEED_LOGITS, dtype=np.float32), np.array(SEED_LABELS))
+    loss = fastxent.CrossEntropyLoss()(np.array(SEED_LOGITS, dtype=np.float32),
+                                       np.array(SEED_LABELS))
     assert loss.dtype == np.float32
     assert float(loss) == 2.4076058864593506
 

@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 
 import fastxent
-from fastxent import _api, _backend
-
 import reference
+from fastxent import _api, _backend
 from helpers import load_kernels
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
@@ -86,7 +85,8 @@ def _mixed_calls(dtype, seed):
                                                          reduction="none", n_threads=2)),
         ("probs", lambda: fastxent.cross_entropy_with_grad(x, t, reduction="sum", n_threads=1)),
         ("tf", lambda: fastxent.softmax_cross_entropy_with_logits_and_grad(t.T, x.T, axis=0)),
-        ("tfs", lambda: fastxent.sparse_softmax_cross_entropy_with_logits_and_grad(np.abs(y) % 40, x)),
+        ("tfs",
+         lambda: fastxent.sparse_softmax_cross_entropy_with_logits_and_grad(np.abs(y) % 40, x)),
         ("softmax", lambda: fastxent.softmax(x3, axis=1)),
         ("log_softmax", lambda: fastxent.log_softmax(x)),
         ("lse", lambda: fastxent.logsumexp(x3, axis=1, n_threads=2)),
@@ -194,11 +194,13 @@ IN_PLACE_CALLS = {
     "cross_entropy indices": lambda x, o: fastxent.cross_entropy_with_grad(
         x, _labels(x.shape[:1] + x.shape[2:]), out=o),
     "cross_entropy indices smoothing weight": lambda x, o: fastxent.cross_entropy_with_grad(
-        x, _labels(x.shape[:1] + x.shape[2:]), out=o, label_smoothing=0.2, weight=np.linspace(0.5, 2, x.shape[1])),
+        x, _labels(x.shape[:1] + x.shape[2:]), out=o, label_smoothing=0.2,
+        weight=np.linspace(0.5, 2, x.shape[1])),
     "cross_entropy probabilities": lambda x, o: fastxent.cross_entropy_with_grad(
         x, _probs(x), out=o, reduction="sum"),
     "TF sparse": lambda x, o: fastxent.sparse_softmax_cross_entropy_with_logits_and_grad(
-        _labels(np.moveaxis(x, 1, -1).shape[:-1]), np.moveaxis(x, 1, -1), out=None if o is None else np.moveaxis(o, 1, -1)),
+        _labels(np.moveaxis(x, 1, -1).shape[:-1]), np.moveaxis(x, 1, -1),
+        out=None if o is None else np.moveaxis(o, 1, -1)),
     "TF dense": lambda x, o: fastxent.softmax_cross_entropy_with_logits_and_grad(
         _probs(x), x, axis=1, out=o),
     "softmax": lambda x, o: fastxent.softmax(x, axis=1, out=o),
@@ -268,11 +270,14 @@ def test_memory_is_flat_over_a_hundred_thousand_calls(backend):
         calls[i % len(calls)]()
     elapsed = time.perf_counter() - start
     growth = _rss_mb() - before
-    print(f"\n{backend}: {n_calls} calls in {elapsed:.1f} s, RSS {before:.1f} MB -> +{growth:.2f} MB")
+    print(f"\n{backend}: {n_calls} calls in {elapsed:.1f} s, "
+          f"RSS {before:.1f} MB -> +{growth:.2f} MB")
     assert growth < 2.0, f"RSS grew by {growth:.2f} MB over {n_calls} calls"
 
 
-@pytest.mark.parametrize("name", ["cross_entropy_with_grad", "tf dense", "softmax", "log_softmax", "logsumexp"])
+@pytest.mark.parametrize("name",
+                         ["cross_entropy_with_grad", "tf dense", "softmax", "log_softmax",
+                          "logsumexp"])
 def test_an_output_that_cannot_be_allocated_raises_memory_error(backend, name):
     # 2**50 logits as a broadcast view (no memory); the result would need petabytes
     x = np.broadcast_to(np.float32(0.0), (2 ** 40, 2 ** 10))
@@ -301,7 +306,8 @@ HUGE_N = 2 ** 31 // HUGE_C + 3  # 2**31 + 3072 elements, 8.6 GB of float32
 @pytest.fixture(autouse=True)
 def _huge_only_when_asked_for(request):
     selected = request.config.getoption("-m") or ""
-    if request.node.get_closest_marker("huge") and ("huge" not in selected or "not huge" in selected):
+    if (request.node.get_closest_marker("huge")
+            and ("huge" not in selected or "not huge" in selected)):
         pytest.skip("opt-in: more than 2**31 logits (8.6 GB); run with -m huge")
 
 
@@ -455,9 +461,11 @@ def test_sigint_during_a_2_gb_call_leaves_a_working_process(source):
 # ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("weight, smoothing", [([0.0, 1.0, 1.0], 0.0), ([1.0, 1.0, 1.0], 1.0)])
-def test_minus_inf_in_the_target_class_without_weight_is_nan_as_pytorch(backend, dtype, weight, smoothing):
+def test_minus_inf_in_the_target_class_without_weight_is_nan_as_pytorch(backend, dtype, weight,
+                                                                        smoothing):
     x = np.array([[-np.inf, 0.0, 1.0], [0.0, 1.0, 2.0]], dtype=dtype)
-    loss, grad = fastxent.cross_entropy_with_grad(x, [0, 1], weight=weight, label_smoothing=smoothing,
+    loss, grad = fastxent.cross_entropy_with_grad(x, [0, 1], weight=weight,
+                                                  label_smoothing=smoothing,
                                                   reduction="none")
     assert np.isnan(loss[0]) and np.isfinite(loss[1])
     assert np.isfinite(grad).all()

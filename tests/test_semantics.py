@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import fastxent
-
 import reference
 from helpers import rng_for
 
@@ -20,7 +19,8 @@ REDUCTIONS = ["mean", "sum", "none"]
 def _assert_close(actual, exact, dtype, scale):
     eps = np.finfo(dtype).eps
     actual = np.asarray(actual, dtype=np.longdouble)
-    np.testing.assert_allclose(actual.astype(np.float64), np.asarray(exact, np.longdouble).astype(np.float64),
+    np.testing.assert_allclose(actual.astype(np.float64),
+                               np.asarray(exact, np.longdouble).astype(np.float64),
                                rtol=8 * eps, atol=8 * eps * max(1.0, scale))
 
 
@@ -56,7 +56,8 @@ def test_cross_entropy_follows_the_written_formulas(backend, dtype, shape, reduc
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("ignore_index", [-100, 0, 4])
-def test_ignored_targets_excluded_from_loss_gradient_and_mean(backend, dtype, reduction, ignore_index):
+def test_ignored_targets_excluded_from_loss_gradient_and_mean(backend, dtype, reduction,
+                                                              ignore_index):
     x, t, weight, rng = _case((12, 5, 2), dtype, np.random.default_rng(3), False)
     t[::3, 0] = ignore_index
     t[1, 1] = ignore_index

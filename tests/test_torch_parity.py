@@ -1,4 +1,4 @@
-"""Parity with torch.nn.functional.cross_entropy and its autograd gradient, over the argument matrix.
+"""Parity with torch.nn.functional.cross_entropy and its autograd gradient over the argument matrix.
 
 PyTorch computes float32 in float32 (fastxent accumulates in double and is the more exact of
 the two), so float32 is compared at a few float32 ulps of the largest value and float64 at a
@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 import fastxent
-
 from helpers import n_classes_of, rng_for, target_shape_of
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed: parity tests skipped")
@@ -86,7 +85,8 @@ def test_ignored_targets_match_torch(backend, dtype, shape, reduction, ignore_in
     ({"ignore_index": 1, "weight": [0.5, 2.0, 1.0], "label_smoothing": 0.2}, (4, 3)),
     ({"ignore_index": -7, "label_smoothing": 0.1}, (2, 3, 5)),
 ], ids=["default", "custom-weighted-smoothed", "k-dim"])
-def test_all_targets_ignored_gives_nan_mean_and_zero_gradient(backend, dtype, reduction, kwargs, shape):
+def test_all_targets_ignored_gives_nan_mean_and_zero_gradient(backend, dtype, reduction, kwargs,
+                                                              shape):
     x = np.arange(np.prod(shape), dtype=dtype).reshape(shape) / 3
     target = np.full(target_shape_of(shape), kwargs.get("ignore_index", -100))
     expected_loss, expected_grad = _torch_loss_and_grad(x, target, reduction=reduction, **kwargs)
@@ -143,7 +143,8 @@ def test_crossentropyloss_object_matches_torch_module(backend, dtype):
     target[0, 0] = 1  # make sure index 1 (the ignore_index here) appears
     weight = np.array([0.5, 1.0, 2.0, 1.5])
     ours = fastxent.CrossEntropyLoss(weight=weight, ignore_index=1, label_smoothing=0.05)
-    theirs = torch.nn.CrossEntropyLoss(weight=torch.tensor(weight, dtype=torch.float64 if dtype == np.float64 else torch.float32),
+    torch_dtype = torch.float64 if dtype == np.float64 else torch.float32
+    theirs = torch.nn.CrossEntropyLoss(weight=torch.tensor(weight, dtype=torch_dtype),
                                        ignore_index=1, label_smoothing=0.05)
     xt = torch.tensor(x, requires_grad=True)
     expected = theirs(xt, torch.tensor(target))
@@ -175,7 +176,8 @@ def test_unnormalised_probability_targets_match_torch(backend, dtype, reduction,
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_zero_weights_and_ignored_targets_in_the_mean_denominator_match_torch(backend, dtype, reduction):
+def test_zero_weights_and_ignored_targets_in_the_mean_denominator_match_torch(backend, dtype,
+                                                                              reduction):
     rng = np.random.default_rng(23)
     x = rng.standard_normal((30, 4)).astype(dtype)
     target = rng.integers(0, 4, 30)
@@ -187,7 +189,8 @@ def test_zero_weights_and_ignored_targets_in_the_mean_denominator_match_torch(ba
 
 @pytest.mark.parametrize("int_dtype", [np.uint8, np.uint16, np.uint32, np.uint64, np.int8],
                          ids=lambda t: np.dtype(t).name)
-def test_custom_non_negative_ignore_index_in_any_integer_dtype_matches_torch(backend, dtype, int_dtype):
+def test_custom_non_negative_ignore_index_in_any_integer_dtype_matches_torch(backend, dtype,
+                                                                             int_dtype):
     rng = np.random.default_rng(24)
     x = rng.standard_normal((3, 6, 4)).astype(dtype)
     target = rng.integers(0, 6, (3, 4)).astype(int_dtype)
@@ -208,7 +211,8 @@ def test_tensorflow_family_matches_torch_with_the_class_axis_moved(backend, dtyp
         (dense, fastxent.softmax_cross_entropy_with_logits_and_grad(dense, logits)),
     ]:
         torch_target = np.moveaxis(target, -1, 1) if target.ndim == logits.ndim else target
-        loss, grad = _torch_loss_and_grad(np.moveaxis(logits, -1, 1).copy(), np.ascontiguousarray(torch_target),
+        loss, grad = _torch_loss_and_grad(np.moveaxis(logits, -1, 1).copy(),
+                                          np.ascontiguousarray(torch_target),
                                           reduction="none")
         _assert_close_to_torch(ours[0], loss, dtype, float(np.abs(logits).max()))
         _assert_close_to_torch(ours[1], np.moveaxis(grad, 1, -1), dtype, 1.0)
@@ -220,7 +224,8 @@ def test_full_label_smoothing_matches_torch(backend, dtype, reduction):
     x = rng.standard_normal((10, 4, 3)).astype(dtype)
     target = rng.integers(0, 4, (10, 3))
     target[0] = -100
-    _compare(x, target, dtype, reduction=reduction, label_smoothing=1.0, weight=[0.5, 1.0, 2.0, 0.25])
+    _compare(x, target, dtype, reduction=reduction, label_smoothing=1.0,
+             weight=[0.5, 1.0, 2.0, 0.25])
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.2])
@@ -231,7 +236,9 @@ def test_zero_total_weight_of_the_targets_matches_torch(backend, dtype, smoothin
     x = np.array([[1.0, 2.0, 3.0], [2.0, 1.0, 3.0]], dtype=dtype)
     target = np.array([0, 1])
     weight = np.array([0.0, 0.0, 5.0])
-    expected_loss, expected_grad = _torch_loss_and_grad(x, target, weight=weight, label_smoothing=smoothing)
-    loss, grad = fastxent.cross_entropy_with_grad(x, target, weight=weight, label_smoothing=smoothing)
+    expected_loss, expected_grad = _torch_loss_and_grad(x, target, weight=weight,
+                                                        label_smoothing=smoothing)
+    loss, grad = fastxent.cross_entropy_with_grad(x, target, weight=weight,
+                                                  label_smoothing=smoothing)
     assert np.isnan(expected_loss) and np.isnan(loss)
     np.testing.assert_array_equal(grad, expected_grad)

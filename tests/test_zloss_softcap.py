@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import fastxent
-
 import reference
 from helpers import numerical_gradient
 
@@ -107,7 +106,8 @@ def test_defaults_are_the_plain_path(backend, dtype, monkeypatch):
                 np.testing.assert_array_equal(loss, plain[0])
                 np.testing.assert_array_equal(grad, plain[1])
             for loss in (fastxent.cross_entropy(x, target, **options),
-                         fastxent.cross_entropy(x, target, **options, **defaults), module(x, target)):
+                         fastxent.cross_entropy(x, target, **options, **defaults),
+                         module(x, target)):
                 np.testing.assert_array_equal(loss, plain[0])
     assert extras_passed == []
 

@@ -9,7 +9,7 @@ costs no transposed copy.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Union, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -33,7 +33,7 @@ Reduction = Literal["mean", "sum", "none"]
 FloatArray = npt.NDArray[np.floating[Any]]
 #: A loss: an array, or a NumPy scalar where the loss has no axes (a reduction, or the loss of
 #: one row of logits).
-Loss = Union[FloatArray, np.floating[Any]]
+Loss = FloatArray | np.floating[Any]
 
 
 # ------------------------------------------------------------------------------------------
@@ -45,9 +45,11 @@ def _split(shape: tuple[int, ...], axis: int) -> tuple[int, int, int]:
     return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
 
 
-def _writable_view(out: np.ndarray, shape3: tuple[int, int, int] | tuple[int, int]) -> np.ndarray | None:
+def _writable_view(out: np.ndarray,
+                   shape3: tuple[int, int, int] | tuple[int, int]) -> np.ndarray | None:
     """A view of ``out`` with ``shape3`` that a kernel can write directly, or None."""
-    if not out.dtype.isnative or not out.flags.aligned or any(s % out.itemsize for s in out.strides):
+    if (not out.dtype.isnative or not out.flags.aligned
+            or any(s % out.itemsize for s in out.strides)):
         return None
     try:
         return out.reshape(shape3, copy=False)
@@ -59,7 +61,8 @@ class _Result:
     """A result array of the caller's shape: ``out`` when a kernel can write it in place,
     otherwise a fresh buffer in the kernel dtype, converted or copied into ``out`` at the end."""
 
-    def __init__(self, out: np.ndarray | None, shape: tuple[int, ...], kernel_shape: tuple[int, ...],
+    def __init__(self, out: np.ndarray | None, shape: tuple[int, ...],
+                 kernel_shape: tuple[int, ...],
                  compute: np.dtype, result: np.dtype) -> None:
         self.out, self.result_dtype = out, result
         view = None
@@ -283,7 +286,8 @@ def softmax_cross_entropy_with_logits(labels: ArrayLike, logits: ArrayLike, axis
     return _tf_call(labels, logits, axis, None, n_threads, with_grad=False, sparse=False)
 
 
-def softmax_cross_entropy_with_logits_and_grad(labels: ArrayLike, logits: ArrayLike, axis: int = -1, *,
+def softmax_cross_entropy_with_logits_and_grad(labels: ArrayLike, logits: ArrayLike,
+                                               axis: int = -1, *,
                                                out: FloatArray | None = None,
                                                n_threads: int | None = None
                                                ) -> tuple[Loss, FloatArray]:
@@ -404,7 +408,8 @@ def cross_entropy(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | No
 @overload
 def cross_entropy_with_grad(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
                             ignore_index: int = check.IGNORE_INDEX_DEFAULT,
-                            reduction: Literal["mean", "sum"] = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
+                            reduction: Literal["mean", "sum"] = "mean",
+                            label_smoothing: float = 0.0, z_loss: float = 0.0,
                             softcap: float | None = None, grad_output: ArrayLike = 1.0,
                             out: FloatArray | None = None, n_threads: int | None = None
                             ) -> tuple[np.floating[Any], FloatArray]: ...
@@ -443,7 +448,8 @@ class CrossEntropyLoss:
     """The loss as an object, as ``torch.nn.CrossEntropyLoss``: arguments are checked once.
 
     >>> loss_fn = CrossEntropyLoss()
-    >>> loss_fn(np.array([[1., 2., 3.], [2., 1., 3.], [3., 2., 1.]], np.float32), np.array([0, 1, 2]))
+    >>> loss_fn(np.array([[1., 2., 3.], [2., 1., 3.], [3., 2., 1.]], np.float32),
+    ...         np.array([0, 1, 2]))
     np.float32(2.407606)
     """
 

@@ -17,7 +17,6 @@ from types import ModuleType
 from typing import Any
 
 from . import _validation as check
-
 from ._flags import env_flag as _flag
 
 # What rebuilds the extension (pip's cache may hold a wheel built without it, hence no cache).

@@ -230,7 +230,8 @@ def sparse_xent(x, labels, weight, ignore_index, has_ignore, smoothing, loss_out
                 label_coef = (1.0 - smoothing) * w_y
                 x_y = np.take_along_axis(xb, idx[..., None], axis=-1)[..., 0]
                 keep = (label_coef != 0.0) | (x_y == -np.inf)
-                loss = np.where(keep, label_coef * nll, 0.0) + (k * weight_sum * st.log_s - 2.0 * dot)
+                loss = (np.where(keep, label_coef * nll, 0.0)
+                        + (k * weight_sum * st.log_s - 2.0 * dot))
             else:
                 loss = w_y * nll
             if z_loss != 0.0:
@@ -246,7 +247,8 @@ def sparse_xent(x, labels, weight, ignore_index, has_ignore, smoothing, loss_out
             p_y = np.take_along_axis(st.exps, idx[..., None], axis=-1)[..., 0] * st.inv_s
             p_y_minus_1 = np.where(shifted_y == 0.0, -st.s_rest * st.inv_s, p_y - 1.0)
             # k W only with smoothing: W, the sum of the weights, may overflow where w_y does not
-            a_coef = (1.0 - smoothing) * w_y + (k * weight_sum if smoothing != 0.0 else 0.0) + z_grad
+            a_coef = ((1.0 - smoothing) * w_y + (k * weight_sum if smoothing != 0.0 else 0.0)
+                      + z_grad)
             grad = st.exps  # reused in place: grad = coef (A p - k w), then the label's class
             grad *= (coef * a_coef * st.inv_s)[..., None]
             if smoothing != 0.0:

@@ -9,9 +9,9 @@ chunks of ``R`` rows; for each chunk:
 2. the fused cross-entropy kernel (``sparse_xent``, the one behind ``cross_entropy``) turns the
    buffer into the per-row losses and, in place, into the gradient w.r.t. the logits
    ``G = d loss / d logits`` (OpenMP threads, between BLAS calls, never at the same time);
-3. ``grad_hidden[r0:r1] = G @ weight`` (written in place), and ``grad_weight += G.T @ hidden[r0:r1]``
-   in blocks of vocabulary rows, through a small ``(Vb, H)`` temporary (NumPy's matmul cannot
-   accumulate); ``grad_bias += G.sum(0)``.
+3. ``grad_hidden[r0:r1] = G @ weight`` (written in place), and
+   ``grad_weight += G.T @ hidden[r0:r1]`` in blocks of vocabulary rows, through a small
+   ``(Vb, H)`` temporary (NumPy's matmul cannot accumulate); ``grad_bias += G.sum(0)``.
 
 Chunk rule (``chunk_size=None``), with ``b`` the item size (4 or 8) and the scratch budget
 ``CHUNK_BUDGET`` = 24 MiB: seven eighths for the logits buffer (BLAS is more efficient the more

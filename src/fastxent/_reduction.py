@@ -8,7 +8,8 @@ denominator, its weight rescaling, the gradient's scale and the final reduction 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 

@@ -107,7 +107,8 @@ def matrix(x: Any, name: str) -> tuple[np.ndarray, np.dtype]:
 
 def at_least_1d(arr: np.ndarray, name: str) -> None:
     if arr.ndim == 0:
-        raise ValueError(f"{name} must have at least one dimension (the class axis); got a 0-d array")
+        raise ValueError(f"{name} must have at least one dimension (the class axis); "
+                         "got a 0-d array")
 
 
 def normalise_axis(axis: Any, ndim: int, name: str = "axis") -> int:
@@ -122,7 +123,8 @@ def normalise_axis(axis: Any, ndim: int, name: str = "axis") -> int:
 def n_classes(shape: tuple[int, ...], axis: int, name: str) -> int:
     c = shape[axis]
     if c == 0:
-        raise ValueError(f"{name} has zero classes (shape {shape}, class axis {axis}): at least one is needed")
+        raise ValueError(f"{name} has zero classes (shape {shape}, class axis {axis}): "
+                         "at least one is needed")
     return c
 
 
@@ -188,7 +190,8 @@ def sparse_label_kind(dtype: np.dtype, shape: tuple[int, ...], expected_shape: t
 
 def sparse_labels(labels: Any, expected_shape: tuple[int, ...], logits_name: str,
                   logits_shape: tuple[int, ...], name: str) -> np.ndarray:
-    """Integer class labels of exactly ``expected_shape``, in any integer dtype (never converted)."""
+    """Integer class labels of exactly ``expected_shape``, in any integer dtype (never
+    converted)."""
     arr = np.asarray(labels)
     if arr.dtype.kind not in "iu" or arr.shape != tuple(expected_shape):
         sparse_label_kind(arr.dtype, arr.shape, expected_shape, logits_name, logits_shape, name)
@@ -317,7 +320,8 @@ def n_threads(value: Any, max_threads: int) -> int:
     return int(min(value, 1 << 16))
 
 
-def grad_output(value: Any, reduction: str, loss_shape: tuple[int, ...]) -> tuple[float, np.ndarray | None]:
+def grad_output(value: Any, reduction: str,
+                loss_shape: tuple[int, ...]) -> tuple[float, np.ndarray | None]:
     """(scalar factor, per-row factors or None) for d(grad_output . loss)/d input."""
     if type(value) is float and reduction != "none":  # the common case, checked fast
         return value, None

@@ -28,7 +28,8 @@ the GIL, use one thread each.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -58,7 +59,8 @@ def _logits(x: Any, name: str) -> da.Array:
 
 
 def _result_dtype(dtype: np.dtype) -> np.dtype:
-    """The dtype fastxent returns for inputs of ``dtype`` (float16 stays float16, ints -> float64)."""
+    """The dtype fastxent returns for inputs of ``dtype`` (float16 stays float16, ints ->
+    float64)."""
     return _api.softmax(np.zeros(1, dtype)).dtype
 
 
@@ -174,7 +176,8 @@ def _run(x: da.Array, labels: Any, axis: int, fn: Callable, *, sparse: bool, red
     args: list[Any] = [x, y]
     if with_grad:
         if reduction == "none" and np.ndim(grad_output):
-            rows = da.broadcast_to(da.asarray(grad_output), tuple(x.shape[:axis] + x.shape[axis + 1:]))
+            rows = da.broadcast_to(da.asarray(grad_output),
+                                   tuple(x.shape[:axis] + x.shape[axis + 1:]))
             args.append(da.expand_dims(_aligned(rows, loss_chunks), axis))
         else:
             args.append(da.map_blocks(
@@ -381,7 +384,8 @@ def sparse_softmax_cross_entropy_with_logits_and_grad(labels: Any, logits: Any, 
 # Normalisers
 # ------------------------------------------------------------------------------------------
 
-def _normaliser(fn: Callable, x: Any, axis: int, n_threads: int | None, keep_axis: bool) -> da.Array:
+def _normaliser(fn: Callable, x: Any, axis: int, n_threads: int | None,
+                keep_axis: bool) -> da.Array:
     arr = _logits(x, "x")
     ax = check.normalise_axis(axis, arr.ndim)
     check.n_classes(arr.shape, ax, "x")
@@ -392,7 +396,8 @@ def _normaliser(fn: Callable, x: Any, axis: int, n_threads: int | None, keep_axi
     ndim = arr.ndim if keep_axis else arr.ndim - 1
     return da.map_blocks(_normaliser_block, arr, fn=fn, axis=ax, n_threads=n_threads,
                           n_blocks=math.prod(arr.numblocks), dtype=result,
-                          meta=np.empty((0,) * ndim, result), **({} if keep_axis else {"drop_axis": ax}))
+                          meta=np.empty((0,) * ndim, result),
+                          **({} if keep_axis else {"drop_axis": ax}))
 
 
 def _normaliser_block(x: np.ndarray, *, fn: Callable, axis: int, n_threads: int | None,

@@ -88,7 +88,8 @@ def _cross_entropy_op(input: Tensor, target: Tensor, weight: Tensor | None, igno
 def _(input, target, weight, ignore_index, reduction, label_smoothing, with_grad):
     # shapes, dtypes and strides only, for torch.compile's tracing: the kernel's gradient is a
     # new C-contiguous array whatever the input's strides (not empty_like, which keeps them)
-    loss_shape = () if reduction != "none" or input.dim() == 1 else (input.shape[0], *input.shape[2:])
+    loss_shape = (() if reduction != "none" or input.dim() == 1
+                  else (input.shape[0], *input.shape[2:]))
     grad = input.new_empty(input.shape) if with_grad else input.new_empty(0)
     return input.new_empty(loss_shape), grad
 
