@@ -243,6 +243,24 @@ def test_strided_class_axis_gives_the_bits_of_a_contiguous_one(backend, dtype, n
     np.testing.assert_array_equal(grad_f, grad)
 
 
+@pytest.mark.parametrize("n_classes", [3, 41])  # tile path and row path
+@pytest.mark.parametrize("layout", ["C", "F"])
+def test_dense_losses_that_fit_do_not_overflow_on_the_way(backend, n_classes, layout):
+    # logits of both signs near the largest double with a small label mass: x - m overflows,
+    # q (x - m) and the loss do not (hypothesis found 1e-30 on -1e308 beside 1e308: inf)
+    x = np.zeros((3, n_classes))
+    x[0, 1], x[2, 1] = 1e308, -1e308
+    t = np.zeros((3, n_classes))
+    t[2, 1] = 1e-30
+    rows, targets = x.T.copy(), t.T.copy()  # the class axis of length 3: rows of the columns
+    if layout == "F":
+        rows, targets = np.asfortranarray(rows), np.asfortranarray(targets)
+    losses = fastxent.softmax_cross_entropy_with_logits(targets, rows)
+    expected = reference.rows(rows, targets).loss
+    assert np.isfinite(losses[1]) and losses[1] > 1e278
+    assert ulp_error(losses, expected).max() <= 2.0
+
+
 @pytest.mark.parametrize("n_classes", [4, 40])  # tile path and row path
 @pytest.mark.parametrize("scaled_by", ["weight", "grad_output"])
 def test_huge_gradients_that_fit_do_not_overflow_on_the_way(backend, n_classes, scaled_by):

@@ -275,11 +275,15 @@ def dense_xent(x, labels, weight, smoothing, loss_out, grad_out, grad_scale, gra
             q = _label_mass(_rows(labels, sa, sb), smoothing, weight)
             st = _RowStats(xb)
             mass = q.sum(axis=-1)
-            # sum_c q_c (x_c - m), where q_c = 0 contributes 0 (also for x_c = -inf)
-            q_shifted = q * st.shifted
-            np.copyto(q_shifted, 0.0, where=q == 0.0)
-            loss = mass * st.log_s - q_shifted.sum(axis=-1)
-            del q_shifted
+            # sum_c q_c (x_c - m), where q_c = 0 contributes 0 (also for x_c = -inf), in halves
+            # and doubled (Note [smoothing sum]: x_c - m overflows for logits of both signs near
+            # the largest double where q_c (x_c - m) need not; halving is exact otherwise)
+            q_half_shifted = np.multiply(xb, 0.5, dtype=np.float64, order="C")  # (see _RowStats)
+            q_half_shifted -= 0.5 * st.m
+            q_half_shifted *= q
+            np.copyto(q_half_shifted, 0.0, where=q == 0.0)
+            loss = mass * st.log_s - 2.0 * q_half_shifted.sum(axis=-1)
+            del q_half_shifted
             z_grad = 0.0
             if z_loss != 0.0:  # z lse^2 per row, gradient 2 z lse p
                 lse = st.m[..., 0] + st.log_s

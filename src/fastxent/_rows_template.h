@@ -310,13 +310,16 @@ FX_CLONES static void FX_NAME(fx_tile_stats)(const FX_T *x, ptrdiff_t rs, ptrdif
                 g[r * grs + c * gcs] = (FX_T)(et[c][r] * factor[r]);
 }
 
-/* Dense labels: with q_i = (keep * t_i + spread) * w_i (w_i = 1 when w is NULL), returns
- * sum q_i (x_i - m) over the q_i != 0 (so 0 * -inf is 0) and stores sum q_i in *mass. */
+/* Dense labels: with q_i the label mass (fx_label_mass), returns HALF of sum q_i (x_i - m) over
+ * the q_i != 0 (so 0 * -inf is 0), summed as sum q_i (x_i / 2 - m / 2), and stores sum q_i in
+ * *mass. Note [smoothing sum]: x_i - m alone overflows for logits of both signs near the
+ * largest double, where a term with a small q_i does not; halving is exact, so the doubled
+ * result has the bits of the plain sum wherever that does not overflow. */
 FX_CLONES static double FX_NAME(fx_row_dense_dot)(const FX_T *x, const FX_T *t, ptrdiff_t n,
                                                   double m, double keep, double spread,
                                                   const double *w, double *mass)
 {
-    double acc[FX_LANES], tot[FX_LANES], acc_tail = 0.0, tot_tail = 0.0;
+    double acc[FX_LANES], tot[FX_LANES], acc_tail = 0.0, tot_tail = 0.0, half_m = 0.5 * m;
     ptrdiff_t i = 0;
     int j;
     for (j = 0; j < FX_LANES; j++) { acc[j] = 0.0; tot[j] = 0.0; }
@@ -324,30 +327,31 @@ FX_CLONES static double FX_NAME(fx_row_dense_dot)(const FX_T *x, const FX_T *t, 
         for (j = 0; j < FX_LANES; j++) {
             double q = FX_NAME(fx_label_mass)(t[i + j], keep, spread, w, i + j);
             tot[j] += q;
-            double term = q * ((double)x[i + j] - m); /* then the select: see above */
+            double term = q * (0.5 * (double)x[i + j] - half_m); /* then the select: above */
             acc[j] += q != 0.0 ? term : 0.0;
         }
     for (; i < n; i++) {
         double q = FX_NAME(fx_label_mass)(t[i], keep, spread, w, i);
         tot_tail += q;
-        acc_tail += q != 0.0 ? q * ((double)x[i] - m) : 0.0;
+        acc_tail += q != 0.0 ? q * (0.5 * (double)x[i] - half_m) : 0.0;
     }
     *mass = fx_combine(tot) + tot_tail;
     return fx_combine(acc) + acc_tail;
 }
 
-/* fx_row_dense_dot for strided rows (x[i * xs], t[i * ts]), scalar, in the same order */
+/* fx_row_dense_dot (half the dot) for strided rows (x[i * xs], t[i * ts]), scalar, in the same
+ * order */
 static double FX_NAME(fx_strided_dense_dot)(const FX_T *x, ptrdiff_t xs, const FX_T *t,
                                             ptrdiff_t ts, ptrdiff_t n, double m, double keep,
                                             double spread, const double *w, double *mass)
 {
-    double acc[FX_LANES], tot[FX_LANES], acc_tail = 0.0, tot_tail = 0.0;
+    double acc[FX_LANES], tot[FX_LANES], acc_tail = 0.0, tot_tail = 0.0, half_m = 0.5 * m;
     ptrdiff_t i, n_full = n - n % FX_LANES;
     int j;
     for (j = 0; j < FX_LANES; j++) { acc[j] = 0.0; tot[j] = 0.0; }
     for (i = 0; i < n; i++) {
         double q = FX_NAME(fx_label_mass)(t[i * ts], keep, spread, w, i);
-        double term = q != 0.0 ? q * ((double)x[i * xs] - m) : 0.0;
+        double term = q != 0.0 ? q * (0.5 * (double)x[i * xs] - half_m) : 0.0;
         if (i < n_full) {
             tot[i % FX_LANES] += q;
             acc[i % FX_LANES] += term;
@@ -783,7 +787,7 @@ static void FX_NAME(fx_dense_row_plain)(const FX_T *x, ptrdiff_t n, ptrdiff_t xs
                                   double z_loss)
 {
     double m = FX_NAME(fx_max)(x, n, xs);
-    double mass = 0.0, dot, q, s_rest, log_s, inv_s, lse, p_coef;
+    double mass = 0.0, half_dot, q, s_rest, log_s, inv_s, lse, p_coef;
     double keep = 1.0 - smoothing, spread = smoothing / n;
     ptrdiff_t c;
     if (m == INFINITY || m == -INFINITY) {
@@ -792,12 +796,12 @@ static void FX_NAME(fx_dense_row_plain)(const FX_T *x, ptrdiff_t n, ptrdiff_t xs
         return;
     }
     if (xs == 1 && ts == 1)
-        dot = FX_NAME(fx_row_dense_dot)(x, t, n, m, keep, spread, weight, &mass);
+        half_dot = FX_NAME(fx_row_dense_dot)(x, t, n, m, keep, spread, weight, &mass);
     else /* the same sums in the same order, element by element */
-        dot = FX_NAME(fx_strided_dense_dot)(x, xs, t, ts, n, m, keep, spread, weight, &mass);
+        half_dot = FX_NAME(fx_strided_dense_dot)(x, xs, t, ts, n, m, keep, spread, weight, &mass);
     s_rest = FX_NAME(fx_sum_rest)(x, n, xs, m, g, gs);
     log_s = log1p(s_rest);
-    *loss = mass * log_s - dot;
+    *loss = mass * log_s - 2.0 * half_dot;
     p_coef = mass;
     if (z_loss != 0.0) {
         lse = m + log_s;
@@ -833,7 +837,7 @@ static void FX_NAME(fx_dense_tile)(const FX_T *x, ptrdiff_t rs, ptrdiff_t cs, in
     FX_T x_copy[FX_TILE * FX_TILE_MAX_C];
     double coef[FX_TILE], scaled[FX_TILE], mass[FX_TILE], m[FX_TILE], s_rest[FX_TILE];
     double log_s[FX_TILE];
-    double keep = 1.0 - smoothing, spread = smoothing / n, q, dot, rest_frac;
+    double keep = 1.0 - smoothing, spread = smoothing / n, q, half_dot, rest_frac;
     ptrdiff_t c, arg_max;
     int i;
     for (i = rows; i < FX_TILE; i++) scaled[i] = 0.0; /* (never read) */
@@ -858,18 +862,18 @@ static void FX_NAME(fx_dense_tile)(const FX_T *x, ptrdiff_t rs, ptrdiff_t cs, in
             if (g != NULL) FX_NAME(fx_fill)(g + i * grs, n, gcs, NAN);
             continue;
         }
-        dot = 0.0;
+        half_dot = 0.0; /* half of sum q (x - m), as fx_row_dense_dot */
         arg_max = -1;
         rest_frac = s_rest[i] * (1.0 / (1.0 + s_rest[i]));
         for (c = 0; c < n; c++) {
             q = FX_NAME(fx_label_mass)(t[i * trs + c * tcs], keep, spread, weight, c);
             if (q != 0.0) /* so that a -inf logit without label mass costs nothing */
-                dot += q * ((double)x[i * rs + c * cs] - m[i]);
+                half_dot += q * (0.5 * (double)x[i * rs + c * cs] - 0.5 * m[i]);
             if (g != NULL)
                 g[i * grs + c * gcs] = (FX_T)((double)g[i * grs + c * gcs] - coef[i] * q);
             arg_max = (double)x[i * rs + c * cs] == m[i] ? c : arg_max;
         }
-        loss[i * loss_s] = mass[i] * log_s[i] - dot;
+        loss[i * loss_s] = mass[i] * log_s[i] - 2.0 * half_dot;
         if (g != NULL && arg_max >= 0) {
             /* the maximum's entry again, in double from the row's statistics (the buffer's
              * softmax is rounded to the data's type): Note [dense maximum entry] (one of tied
