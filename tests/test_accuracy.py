@@ -261,6 +261,18 @@ def test_dense_losses_that_fit_do_not_overflow_on_the_way(backend, n_classes, la
     assert ulp_error(losses, expected).max() <= 2.0
 
 
+@pytest.mark.parametrize("n_classes", [3, 41])  # tile path and row path
+def test_weighted_class_index_losses_that_fit_do_not_overflow_on_the_way(backend, n_classes):
+    # the label's logit -1e308 beside 1e308, its class weight 1e-300: x_y - m overflows, the
+    # loss w_y (lse - x_y) = 2e8 does not
+    x = np.zeros((2, n_classes))
+    x[:, 1], x[:, 2] = 1e308, -1e308
+    weight = np.ones(n_classes)
+    weight[2] = 1e-300
+    losses = fastxent.cross_entropy(x, [2, 2], weight=weight, reduction="none")
+    np.testing.assert_allclose(losses, [2e8, 2e8], rtol=1e-15)
+
+
 @pytest.mark.parametrize("n_classes", [4, 40])  # tile path and row path
 @pytest.mark.parametrize("scaled_by", ["weight", "grad_output"])
 def test_huge_gradients_that_fit_do_not_overflow_on_the_way(backend, n_classes, scaled_by):

@@ -219,7 +219,10 @@ def sparse_xent(x, labels, weight, ignore_index, has_ignore, smoothing, loss_out
                 z_grad = 2.0 * z_loss * lse
             shifted_y = np.take_along_axis(st.shifted, idx[..., None], axis=-1)[..., 0]
             w_y = w_all[idx]
-            nll = st.log_s - shifted_y
+            # the label's term in halves, doubled (Note [smoothing sum]: x_y - m overflows for
+            # logits of both signs near the largest double, a small w_y times it need not)
+            x_y = np.take_along_axis(xb, idx[..., None], axis=-1)[..., 0].astype(np.float64)
+            half_nll = 0.5 * st.log_s - (0.5 * x_y - 0.5 * st.m[..., 0])
             if smoothing != 0.0:
                 # k sum_c w_c (x_c - m) / 2, term by term so that it overflows only where the loss
                 # does (x - m alone can), and 0 * -inf = 0 for classes of weight 0
@@ -228,12 +231,11 @@ def sparse_xent(x, labels, weight, ignore_index, has_ignore, smoothing, loss_out
                 # the label's term is left out when its factor is 0, unless the label's logit
                 # is -inf (0 * inf: NaN, as PyTorch): an nll that overflowed counts nothing
                 label_coef = (1.0 - smoothing) * w_y
-                x_y = np.take_along_axis(xb, idx[..., None], axis=-1)[..., 0]
                 keep = (label_coef != 0.0) | (x_y == -np.inf)
-                loss = (np.where(keep, label_coef * nll, 0.0)
+                loss = (np.where(keep, 2.0 * (label_coef * half_nll), 0.0)
                         + (k * weight_sum * st.log_s - 2.0 * dot))
             else:
-                loss = w_y * nll
+                loss = 2.0 * (w_y * half_nll)
             if z_loss != 0.0:
                 loss += z_loss * lse * lse
             loss[~st.finite] = np.nan

@@ -631,7 +631,7 @@ static void FX_NAME(fx_sparse_row_plain)(const FX_T *x, ptrdiff_t n, ptrdiff_t x
     double m = FX_NAME(fx_max)(x, n, xs);
     FX_T x_y = x[y * xs]; /* read now: the gradient may overwrite x (in place) */
     double w_y = weight != NULL ? weight[y] : 1.0;
-    double s_rest, log_s, inv_s, nll, p_y, p_y_minus_1, smooth_dot = 0.0;
+    double s_rest, log_s, inv_s, half_nll, p_y, p_y_minus_1, smooth_dot = 0.0;
     double a_coef, k_coef, w_c, lse, z_coef = 0.0;
     ptrdiff_t c;
     if (m == INFINITY || m == -INFINITY) {
@@ -653,17 +653,19 @@ static void FX_NAME(fx_sparse_row_plain)(const FX_T *x, ptrdiff_t n, ptrdiff_t x
     }
     s_rest = FX_NAME(fx_sum_rest)(x, n, xs, m, g, gs);
     log_s = log1p(s_rest);
-    nll = log_s - ((double)x_y - m);
+    /* Note [smoothing sum]: the label's term in halves, doubled (x_y - m overflows for logits
+     * of both signs near the largest double, a small w_y times it need not) */
+    half_nll = 0.5 * log_s - (0.5 * (double)x_y - 0.5 * m);
     if (smoothing != 0.0) {
         /* the label's term is left out when its factor is 0, unless the label's logit is -inf
          * (0 * inf: NaN, as PyTorch): an nll that overflowed from finite logits counts nothing */
         if ((1.0 - smoothing) * w_y != 0.0 || x_y == -INFINITY)
-            *loss = (1.0 - smoothing) * w_y * nll;
+            *loss = 2.0 * ((1.0 - smoothing) * w_y * half_nll);
         else
             *loss = 0.0;
         *loss += (smoothing / n) * weight_sum * log_s - 2.0 * smooth_dot;
     } else {
-        *loss = w_y * nll;
+        *loss = 2.0 * (w_y * half_nll);
     }
     if (z_loss != 0.0) {
         lse = m + log_s;
@@ -748,7 +750,9 @@ static void FX_NAME(fx_sparse_tile)(const FX_T *x, ptrdiff_t rs, ptrdiff_t cs, i
             loss[i * loss_s] = NAN;
             if (grow != NULL) FX_NAME(fx_fill)(grow, n, gcs, NAN);
         } else {
-            loss[i * loss_s] = w_y[i] * (log_s[i] - ((double)x_y[i] - m[i]));
+            /* in halves, doubled, as fx_sparse_row_plain */
+            loss[i * loss_s] = 2.0 * (w_y[i] * (0.5 * log_s[i]
+                                                - (0.5 * (double)x_y[i] - 0.5 * m[i])));
             lse = m[i] + log_s[i];
             if (z_loss != 0.0) loss[i * loss_s] += z_loss * lse * lse;
             if (grow == NULL) continue;
