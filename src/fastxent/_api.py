@@ -178,16 +178,9 @@ class _Problem:
         self.loss_shape = logits.shape[:axis] + logits.shape[axis + 1:]
 
 
-def _any_counted(labels: np.ndarray | None, ignore_index: int | None) -> bool:
-    """Whether any class-index target is not ignored (``labels`` are known to be valid; None
-    for probability targets, which count only where there are rows)."""
-    return labels is not None and labels.size > 0 and (
-        ignore_index is None or bool(np.any(labels != ignore_index)))
-
-
-def _weight_total(weight: np.ndarray, labels: np.ndarray, n_classes: int, ignore: int,
+def _weight_total(weight: np.ndarray | None, labels: np.ndarray, n_classes: int, ignore: int,
                   has_ignore: bool, n_threads: int) -> float:
-    """The total of ``weight`` over the targets not ignored."""
+    """The total of ``weight`` over the targets not ignored (their count for None)."""
     return _backend.kernels.sparse_label_check(labels, n_classes, ignore, has_ignore, weight,
                                                n_threads)[1]
 
@@ -222,8 +215,12 @@ def _run(problem: _Problem, labels: np.ndarray, sparse: bool, options: LossOptio
         scale, rows = check.grad_output(grad_output, reduction, p.loss_shape)
         if rows is not None:
             grad_rows = rows.reshape(p.a, p.b)
-        grad_scale = rules.gradient_scale(scale, denominator, _any_counted,
-                                          labels2 if sparse else None, ignore_index)
+        # any target counted, asked only of a zero denominator: the kernels' count of the
+        # targets that are not ignored (probability targets count only where there are rows)
+        grad_scale = rules.gradient_scale(
+            scale, denominator,
+            lambda: sparse and _weight_total(None, labels2, p.c, ignore, has_ignore,
+                                             n_threads) > 0)
 
     loss_rows = np.empty((p.a, p.b), dtype=np.float64)
     terms = rules.kernel_terms(z_loss, softcap)
