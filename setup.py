@@ -3,7 +3,7 @@
 The extension is cythonized and compiled with optimisation (``-O3`` for GCC and clang, ``/O2``
 for MSVC) and OpenMP, and its symbols stripped (``-s``; ``-Wl,-x`` on macOS). No -march=native
 and no -ffast-math: the wheel must run on any CPU of its architecture and keep IEEE inf/NaN
-semantics (the x86-64 kernels pick AVX2 or AVX-512 clones at run time: see ``_rows.h``).
+semantics (the x86-64 kernels pick AVX2 or AVX-512 loops at run time: see ``_rows.h``).
 
 Two probes run before the build, so that each failure names its cause: first whether the C
 compiler compiles and links at all (if not, the build fails and says how to get a compiler, or
@@ -26,8 +26,8 @@ Environment variables (on/off ones read by ``src/fastxent/_flags.py``: 1/true/ye
 - ``FASTXENT_OPENMP_CFLAGS`` / ``FASTXENT_OPENMP_LDFLAGS``: the OpenMP compile and link flags
   (split as by a POSIX shell), replacing the probe's candidates; if the compiler rejects them
   the build fails.
-- ``FASTXENT_NO_CLONES=1``: no run-time dispatch clones (defined for musl targets regardless:
-  their loader has no IFUNC).
+- ``FASTXENT_NO_DISPATCH=1``: the vector loops for the baseline ISA only (no AVX2 and AVX-512
+  copies chosen at run time).
 - ``FASTXENT_DEBUG_BUILD=1`` builds the checked extension instead: Cython's ``boundscheck``,
   ``wraparound`` and ``initializedcheck`` on, and the C code compiled with
   ``-fsanitize=address,undefined`` (findings abort), not stripped. Python itself is not
@@ -39,7 +39,6 @@ import importlib.util
 import os
 import shlex
 import sys
-import sysconfig
 import tempfile
 import textwrap
 
@@ -65,13 +64,16 @@ PURE_PYTHON_BUILD = env_flag("FASTXENT_PURE_PYTHON_BUILD")
 REQUIRE_EXTENSION = env_flag("FASTXENT_REQUIRE_EXTENSION")
 REQUIRE_OPENMP = env_flag("FASTXENT_REQUIRE_OPENMP")
 DEBUG_BUILD = env_flag("FASTXENT_DEBUG_BUILD")
-NO_CLONES = env_flag("FASTXENT_NO_CLONES")
+NO_DISPATCH = env_flag("FASTXENT_NO_DISPATCH")
 OPENMP_CFLAGS = os.environ.get("FASTXENT_OPENMP_CFLAGS")
 OPENMP_LDFLAGS = os.environ.get("FASTXENT_OPENMP_LDFLAGS")
 if PURE_PYTHON_BUILD and REQUIRE_EXTENSION:
     sys.exit("fastxent: FASTXENT_PURE_PYTHON_BUILD and FASTXENT_REQUIRE_EXTENSION are both set")
 
 KERNELS = "src/fastxent/_kernels_c.pyx"
+# the C headers the kernels include (a change to one rebuilds the extension)
+HEADERS = ["_math.h", "_rows.h", "_type_kernels.h", "_elements_template.h", "_loops_template.h",
+           "_rows_template.h"]
 # Cython's directives, here and not in the .pyx, so that the checked build changes them without
 # touching a source: the kernels index memoryviews only within the shapes the API validated.
 DIRECTIVES = {"language_level": 3, "boundscheck": False, "wraparound": False,
@@ -98,12 +100,6 @@ class BuildFailure(RuntimeError):
 def banner(kind: str, message: str) -> None:
     bar = "*" * 78
     print(f"\n{bar}\n{kind} (fastxent): {message}\n{bar}\n", file=sys.stderr, flush=True)
-
-
-def is_musl_target() -> bool:
-    # CPython on musl names the libc in its platform triplet (e.g. x86_64-linux-musl)
-    names = (sysconfig.get_config_var(v) or "" for v in ("HOST_GNU_TYPE", "MULTIARCH", "SOABI"))
-    return any("musl" in name for name in names)
 
 
 def homebrew_libomp() -> list:
@@ -235,13 +231,12 @@ def extensions() -> list:
             + FALLBACK_HINT
         ) from exc
     macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
-    if NO_CLONES or is_musl_target():
-        macros.append(("FASTXENT_NO_CLONES", "1"))
+    if NO_DISPATCH:
+        macros.append(("FASTXENT_NO_DISPATCH", "1"))
     ext = Extension(
         "fastxent._kernels_c",
         [KERNELS],
-        depends=["src/fastxent/_math.h", "src/fastxent/_rows.h",
-                 "src/fastxent/_rows_template.h"],
+        depends=[f"src/fastxent/{name}" for name in HEADERS],
         include_dirs=[numpy.get_include()],
         define_macros=macros,
         extra_compile_args=list(UNIX_CFLAGS),

@@ -110,7 +110,7 @@ def main() -> int:
     print(f"fastxent {fx.__version__}  (numpy {np.__version__}, python {sys.version.split()[0]})")
     threads = _backend.kernels.max_threads()
     print(f"backend: {fx.backend}   OpenMP: {'yes' if fx.openmp_enabled else 'no'}   "
-          f"threads: {threads}")
+          f"threads: {threads}   vector loops: {_backend.isa}")
     print("\nDocumented examples:")
     failures = 0
     for description, got, expected, tolerance in _examples():

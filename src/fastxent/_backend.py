@@ -1,9 +1,12 @@
 """Choose the kernel module: the compiled ``_kernels_c``, or the NumPy fallback ``_kernels_py``.
 
-``FASTXENT_PURE_PYTHON=1`` forces the fallback; ``FASTXENT_REQUIRE_EXTENSION=1`` makes a missing
+``FASTXENT_PURE_PYTHON=1`` forces the fallback; ``FASTXENT_MAX_ISA=avx2`` (or ``baseline``)
+keeps the compiled module's vector loops at most at that instruction set (by default they are
+the best the CPU has: AVX-512, AVX2 or the baseline of the build), to measure or test another
+CPU's path on this one; ``FASTXENT_REQUIRE_EXTENSION=1`` makes a missing
 compiled module an ImportError instead of a fallback (CI sets it, so the fallback is never
 tested twice by accident); otherwise a missing compiled module falls back with a RuntimeWarning
-that points at the user's import and gives the command that rebuilds the extension. Both
+that points at the user's import and gives the command that rebuilds the extension. The
 variables are read once, at import, by the rule of ``_flags.env_flag``. The public functions
 look up ``kernels`` at call time, so the test suite can swap it to run every test on both
 modules.
@@ -17,6 +20,7 @@ from types import ModuleType
 from typing import Any
 
 from . import _validation as check
+from ._flags import env_choice as _choice
 from ._flags import env_flag as _flag
 
 # What rebuilds the extension (pip's cache may hold a wheel built without it, hence no cache).
@@ -85,6 +89,9 @@ def _load() -> tuple[ModuleType, str]:
 
 kernels, name = _load()
 openmp_enabled: bool = bool(kernels.openmp_enabled)
+_max_isa = _choice("FASTXENT_MAX_ISA", kernels.ISAS)
+# the instruction set of the compiled loops ("numpy" for the fallback)
+isa: str = kernels.current_isa() if _max_isa is None else kernels.select_isa(_max_isa)
 
 
 # GNU OpenMP cannot run a parallel region in a child forked after the parent ran one: the child

@@ -1,8 +1,9 @@
-"""The one rule for fastxent's on/off environment variables, shared by the build and the package.
+"""The one rule for fastxent's environment variables, shared by the build and the package.
 
-``1``, ``true``, ``yes``, ``on`` mean on; unset, empty, ``0``, ``false``, ``no``, ``off`` mean
-off (case and surrounding spaces ignored); anything else is an error that names the variable,
-so that a typo never silently means off. This file imports nothing from fastxent: ``setup.py``
+On/off variables: ``1``, ``true``, ``yes``, ``on`` mean on; unset, empty, ``0``, ``false``,
+``no``, ``off`` mean off (case and surrounding spaces ignored). Choice variables take one of
+their names, or nothing. Anything else is an error that names the variable, so that a typo
+never silently means off, or the default. This file imports nothing from fastxent: ``setup.py``
 loads it by path, before the package exists.
 """
 
@@ -25,3 +26,17 @@ def env_flag(name: str, environ: Mapping[str, str] | None = None) -> bool:
         f"{name}={value!r} is not an on/off value: use 1, true, yes or on to set it, and 0, "
         "false, no, off or nothing to clear it"
     )
+
+
+def env_choice(name: str, choices: tuple[str, ...], environ: Mapping[str, str] | None = None
+               ) -> str | None:
+    """The value of the variable ``name`` in ``environ``, one of ``choices`` (case and
+    surrounding spaces ignored), or None when it is unset or empty; anything else is an error
+    that names the variable and the choices."""
+    value = (os.environ if environ is None else environ).get(name, "")
+    word = value.strip().lower()
+    if word == "":
+        return None
+    if word in choices:
+        return word
+    raise ValueError(f"{name}={value!r} is not one of {', '.join(choices)} (or nothing)")

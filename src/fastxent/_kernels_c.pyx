@@ -46,6 +46,11 @@ cdef extern from "_rows.h" nogil:
     enum: FX_TILE_MAX_C    # classes a tile can hold
     enum: FX_IGNORED       # a tile's class index of an ignored label
     enum: FX_BAD_LABEL     # ... and of a label outside [0, C)
+    enum: FX_ISA_BASELINE  # the instruction sets of the vector loops (run-time dispatch)
+    enum: FX_ISA_AVX2
+    enum: FX_ISA_AVX512
+    int fx_select_isa(int max_isa)
+    int fx_isa
     double fx_logsumexp_row_f32(const float* x, Py_ssize_t n, Py_ssize_t xs)
     double fx_logsumexp_row_f64(const double* x, Py_ssize_t n, Py_ssize_t xs)
     void fx_logsumexp_tile_f32(const float* x, Py_ssize_t rs, Py_ssize_t cs, int rows,
@@ -120,6 +125,25 @@ cdef Py_ssize_t LABEL_BLOCK = 4096
 def max_threads():
     """The number of threads OpenMP would use now (1 without OpenMP)."""
     return omp_get_max_threads()
+
+
+# The instruction sets of the vector loops, by FX_ISA_* value (_rows.h)
+ISAS = ("baseline", "avx2", "avx512")
+assert (FX_ISA_BASELINE, FX_ISA_AVX2, FX_ISA_AVX512) == (0, 1, 2)
+
+
+def select_isa(max_isa):
+    """Run the vector loops of the best instruction set of ``ISAS`` that the CPU has and that is
+    not above ``max_isa``; returns its name. Not for use while a kernel runs."""
+    return ISAS[fx_select_isa(ISAS.index(max_isa))]
+
+
+def current_isa():
+    """The instruction set whose vector loops the kernels run."""
+    return ISAS[fx_isa]
+
+
+select_isa("avx512")
 
 
 cdef inline int _threads_for(int n_threads, Py_ssize_t n_rows, Py_ssize_t n_classes) noexcept nogil:

@@ -30,6 +30,21 @@ def max_threads() -> int:
     return 1
 
 
+# The compiled module's instruction sets; NumPy's own dispatch is not the fallback's to choose.
+ISAS = ("baseline", "avx2", "avx512")
+
+
+def select_isa(max_isa: str) -> str:
+    """As the compiled module's (it checks the name); the fallback runs NumPy: "numpy"."""
+    ISAS.index(max_isa)
+    return "numpy"
+
+
+def current_isa() -> str:
+    """"numpy": the fallback's loops are NumPy's."""
+    return "numpy"
+
+
 def _blocks(shape: tuple[int, int, int]):
     """Yield (a-slice, b-slice) pairs covering the rows of an (A, C, B) array in small blocks."""
     n_a, n_classes, n_b = shape

@@ -1,15 +1,16 @@
 /*
  * fastxent's inner loops over one contiguous row of logits, in C so that the compiler can
- * vectorise them and so that GCC and clang can clone them for AVX2 and AVX-512 with run-time
- * dispatch (target_clones). The baseline build stays portable: no -march=native, no -ffast-math.
+ * vectorise them and so that GCC and clang can compile them for AVX2 and AVX-512 beside the
+ * baseline, one chosen at run time. The build stays portable: no -march=native, no -ffast-math.
  *
  * Every reduction keeps FX_LANES partial results in an array and combines them in a fixed
  * order at the end: the compiler vectorises the lanes without being allowed to reassociate,
- * and the result has the same bits for any thread count (and any clone, up to FMA
+ * and the result has the same bits for any thread count (and any ISA, up to FMA
  * contraction, which GCC applies where the CPU has FMA).
  *
- * The elementary functions are in _math.h; the loops, rows and tiles, for each float type, in
- * _rows_template.h, whose row and tile functions _kernels_c.pyx calls.
+ * The elementary functions are in _math.h; for each float type (_type_kernels.h), the
+ * per-element formulas in _elements_template.h, the loops in _loops_template.h, the rows and
+ * tiles in _rows_template.h, whose row and tile functions _kernels_c.pyx calls.
  */
 #ifndef FASTXENT_ROWS_H
 #define FASTXENT_ROWS_H
@@ -21,27 +22,71 @@
 #define __builtin_prefetch(...) ((void)0)
 #endif
 
-/* Run-time dispatch: target_clones resolves through an IFUNC, which glibc's loader runs and
- * musl's does not (musl defines no macro of its own: __GLIBC__, set by <math.h> above through
- * <features.h>, is the test; setup.py also defines FASTXENT_NO_CLONES for musl targets).
- * GCC takes x86-64 levels; clang (14 and later) gets feature names: it compiles "arch=x86-64-v4"
- * into a test of the CPU's vendor, never of its features. */
-#if defined(__x86_64__) && defined(__ELF__) && defined(__GLIBC__) && !defined(FASTXENT_NO_CLONES)
-#if defined(__clang__) && __clang_major__ >= 14
-#define FX_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#elif defined(__GNUC__) && !defined(__clang__)
-#define FX_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+/* Run-time dispatch. The vector loops (_loops_template.h) are compiled once per instruction
+ * set: AVX-512 (x86-64-v4), AVX2 with FMA (x86-64-v3) and the baseline of the build; the rows
+ * call those of fx_isa, chosen once at import by fx_select_isa (the best the CPU has, or lower
+ * when the FASTXENT_MAX_ISA environment variable says so). The ISA is given per function (GCC's
+ * target pragma, clang's attribute pragma), so no loader support is needed (IFUNC is not:
+ * musl and macOS dispatch too). MSVC, other compilers and other architectures build the
+ * baseline only. */
+#define FX_ISA_BASELINE 0
+#define FX_ISA_AVX2 1
+#define FX_ISA_AVX512 2
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(FASTXENT_NO_DISPATCH) && (!defined(__clang__) || __clang_major__ >= 9)
+#define FX_DISPATCH 1
+#include <immintrin.h>
+#else
+#define FX_DISPATCH 0
 #endif
+
+static int fx_isa = FX_ISA_BASELINE;
+
+/* The best ISA this CPU (and its operating system, which must save the vector registers: the
+ * compilers' cpu_supports checks XCR0) can run, as FX_ISA_*. x86-64-v3's F16C, LZCNT and MOVBE
+ * are not asked (clang 14 cannot): every CPU with AVX2, FMA and BMI2 has them. */
+static int fx_cpu_isa(void)
+{
+#if FX_DISPATCH
+    __builtin_cpu_init();
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+          __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2") &&
+          __builtin_cpu_supports("popcnt")))
+        return FX_ISA_BASELINE;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512cd"))
+        return FX_ISA_AVX512;
+    return FX_ISA_AVX2;
+#else
+    return FX_ISA_BASELINE;
 #endif
-#ifndef FX_CLONES
-#define FX_CLONES
+}
+
+/* Select the best ISA the CPU has, at most max_isa; returns it */
+static int fx_select_isa(int max_isa)
+{
+    int cpu = fx_cpu_isa();
+    fx_isa = cpu < max_isa ? cpu : max_isa;
+    return fx_isa;
+}
+
+/* the loop `base` of the current type, for the ISA in use */
+#if FX_DISPATCH
+#define FX_LOOP(base)                                                                        \
+    (fx_isa == FX_ISA_AVX512 ? FX_NAME2(FX_NAME(base), avx512)                               \
+     : fx_isa == FX_ISA_AVX2 ? FX_NAME2(FX_NAME(base), avx2)                                 \
+                             : FX_NAME2(FX_NAME(base), baseline))
+#else
+#define FX_LOOP(base) FX_NAME2(FX_NAME(base), baseline)
 #endif
+#define FX_LNAME(base) FX_NAME2(FX_NAME(base), FX_ISA_SUFFIX)
 
 /* Note [strided bits]: GCC contracts multiplies and adds into FMAs across statements
  * (-ffp-contract=fast) after inlining, so where it does depends on the context a function is
  * inlined into: a function that must compute the same bits for every caller is kept out of
  * line. clang contracts within one expression only (-ffp-contract=on), the same in every
- * context, and refuses noinline on a target_clones function; MSVC does not contract. */
+ * context; MSVC does not contract. */
 #if defined(__GNUC__) && !defined(__clang__)
 #define FX_SAME_BITS_FOR_EVERY_CALLER __attribute__((noinline))
 #else
@@ -101,7 +146,7 @@ static inline double fx_combine_compensated(const double *hi, const double *lo, 
 #define FX_COMPENSATED 0
 #define FX_NAME(base) FX_NAME2(base, FX_SUFFIX)
 #define FX_EXP_EM1_NEG(d, em1) fx_exp_em1_neg_f32((d), (em1))
-#include "_rows_template.h"
+#include "_type_kernels.h"
 #undef FX_T
 #undef FX_SUFFIX
 #undef FX_COMPENSATED
@@ -111,7 +156,7 @@ static inline double fx_combine_compensated(const double *hi, const double *lo, 
 #define FX_SUFFIX f64
 #define FX_COMPENSATED 1
 #define FX_EXP_EM1_NEG(d, em1) fx_exp_em1_neg_f64((d), 0.0, (em1))
-#include "_rows_template.h"
+#include "_type_kernels.h"
 #undef FX_T
 #undef FX_SUFFIX
 #undef FX_COMPENSATED

@@ -1,344 +1,8 @@
 /*
- * Row kernels of _rows.h for one float type: included once with FX_T = float and once with
- * FX_T = double. FX_NAME(f) appends the type's suffix (fx_row_max_f32, fx_sparse_row_f64, ...).
+ * The per-row and per-tile work of one float type, included once per type by _rows.h
+ * (FX_NAME(f) appends the type's suffix: fx_sparse_row_f32, ...). The vector loops it calls are
+ * those of the ISA chosen at run time (FX_LOOP, _loops_template.h).
  */
-/* q_c = ((1 - eps) t_c + eps / C) w_c: the label mass of class c (w_c = 1 without weights) */
-static inline double FX_NAME(fx_label_mass)(FX_T t, double keep, double spread, const double *w,
-                                            ptrdiff_t c)
-{
-    double q = keep * (double)t + spread;
-    return w != NULL ? q * w[c] : q;
-}
-
-/* max of x[0..n) ignoring NaN; -inf for a row of -inf and NaN only. Max is idempotent, so the
- * last partial block is done by re-reading the last FX_MAX_LANES elements, all vectorised. */
-FX_CLONES static double FX_NAME(fx_row_max)(const FX_T *x, ptrdiff_t n)
-{
-    FX_T lanes[FX_MAX_LANES];
-    ptrdiff_t i;
-    int j, w;
-    if (n < FX_MAX_LANES) {
-        FX_T m = -INFINITY;
-        for (i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
-        return m;
-    }
-    for (j = 0; j < FX_MAX_LANES; j++) lanes[j] = x[j];
-    for (i = FX_MAX_LANES; i + FX_MAX_LANES <= n; i += FX_MAX_LANES)
-        for (j = 0; j < FX_MAX_LANES; j++) lanes[j] = x[i + j] > lanes[j] ? x[i + j] : lanes[j];
-    if (i < n)
-        for (j = 0; j < FX_MAX_LANES; j++) {
-            FX_T v = x[n - FX_MAX_LANES + j];
-            lanes[j] = v > lanes[j] ? v : lanes[j];
-        }
-    for (w = FX_MAX_LANES / 2; w >= 1; w /= 2) /* a tree of vector maxima */
-        for (j = 0; j < w; j++) lanes[j] = lanes[j + w] > lanes[j] ? lanes[j + w] : lanes[j];
-    /* a NaN first lane survives the tree (NaN > y is false); the other lanes ignore NaN */
-    return lanes[0] == lanes[0] ? lanes[0] : -INFINITY;
-}
-
-/* One block of FX_LANES elements of fx_row_exp_sum: acc += exp(x - m) for x != m (for double
- * data with its rounding error into comp: Note [compensated exp sums]), count the x == m, and
- * store exp(x - m) into e when e is not NULL. */
-static inline void FX_NAME(fx_exp_sum_block)(const FX_T *x, double m, FX_T *e, double *acc,
-                                             double *comp, double *count)
-{
-    int j;
-    double v[FX_LANES];
-    for (j = 0; j < FX_LANES; j++) {
-        int at_max = (double)x[j] == m;
-        v[j] = FX_NAME(fx_exp_shifted)(x[j], m);
-#if FX_COMPENSATED
-        acc[j] = fx_two_sum(acc[j], at_max ? 0.0 : v[j], &comp[j]);
-#else
-        (void)comp;
-        acc[j] += at_max ? 0.0 : v[j];
-#endif
-        count[j] += at_max ? 1.0 : 0.0;
-    }
-    if (e != NULL)
-        for (j = 0; j < FX_LANES; j++) e[j] = (FX_T)v[j];
-}
-
-/* Every exp sum runs this one body, on a contiguous row or on a block gathered from a strided
- * one: acc[j] (+ comp[j]) += exp(x - m) and count[j] += (x == m) over x[0..n) (n a multiple of
- * FX_LANES), and e = exp(x - m) when e is not NULL (e may be x); pf_x, pf_e (or NULL) are
- * prefetched alongside. It computes the same bits for every caller (FX_SAME_BITS_FOR_EVERY_CALLER):
- * a strided row must give the bits of a contiguous one (Note [strided bits]). The sums are local
- * (acc may alias e for double data). */
-FX_CLONES FX_SAME_BITS_FOR_EVERY_CALLER static void FX_NAME(fx_exp_sum_span)(
-    const FX_T *x, ptrdiff_t n, double m, FX_T *e, double *acc_io, double *comp_io,
-    double *count_io, const char *pf_x, char *pf_e)
-{
-    double acc[FX_LANES], comp[FX_LANES], count[FX_LANES];
-    ptrdiff_t i;
-    int j;
-    for (j = 0; j < FX_LANES; j++) {
-        acc[j] = acc_io[j];
-        comp[j] = comp_io[j];
-        count[j] = count_io[j];
-    }
-    for (i = 0; i < n; i += FX_LANES) {
-        /* The loop is compute-bound: meanwhile, fetch what follows the row (the next row, for
-         * contiguous rows) into L2, so that its max pass does not wait on memory. Prefetches
-         * never fault, so reading past the end of the array is harmless. */
-        if (pf_x != NULL) {
-            __builtin_prefetch(pf_x + i * (ptrdiff_t)sizeof(FX_T), 0, 2);
-            if (pf_e != NULL) __builtin_prefetch(pf_e + i * (ptrdiff_t)sizeof(FX_T), 1, 2);
-        }
-        FX_NAME(fx_exp_sum_block)(x + i, m, e != NULL ? e + i : NULL, acc, comp, count);
-    }
-    for (j = 0; j < FX_LANES; j++) {
-        acc_io[j] = acc[j];
-        comp_io[j] = comp[j];
-        count_io[j] = count[j];
-    }
-}
-
-/* The exp sums' two-level accumulation: the FX_LANES sums of a span (at most FX_SUM_BLOCK terms
- * each) go into the outer sums, which keeps the rounding error of long rows (C = 32000) small. */
-static inline void FX_NAME(fx_exp_sum_outer)(double *outer, double *outer_comp, const double *acc,
-                                             const double *comp)
-{
-    int j;
-    for (j = 0; j < FX_LANES; j++) {
-#if FX_COMPENSATED
-        outer[j] = fx_two_sum(outer[j], acc[j], &outer_comp[j]);
-        outer_comp[j] += comp[j];
-#else
-        (void)outer_comp;
-        (void)comp;
-        outer[j] += acc[j];
-#endif
-    }
-}
-
-/* s_rest from the outer sums and the count of maxima */
-static inline double FX_NAME(fx_exp_sum_total)(const double *outer, const double *outer_comp,
-                                               const double *count)
-{
-#if FX_COMPENSATED
-    return fx_combine_compensated(outer, outer_comp, fx_combine(count) - 1.0);
-#else
-    (void)outer_comp;
-    return fx_combine(outer) + (fx_combine(count) - 1.0);
-#endif
-}
-
-/* sum exp(x_i - m) - 1 without adding the 1 of the maximum (terms with x_i == m are counted,
- * not summed); stores exp(x_i - m) into e[i] when e is not NULL (e may be x: read first).
- * The last partial block goes through a buffer padded with -inf (exp gives 0), so that every
- * element takes the vectorised path. */
-FX_CLONES static double FX_NAME(fx_row_exp_sum)(const FX_T *x, ptrdiff_t n, double m, FX_T *e)
-{
-    double acc[FX_LANES], comp[FX_LANES], outer[FX_LANES], outer_comp[FX_LANES];
-    double count[FX_LANES];
-    FX_T pad_x[FX_LANES], pad_e[FX_LANES];
-    int prefetch = (size_t)n * sizeof(FX_T) * (e != NULL ? 2 : 1) <= FX_PREFETCH_MAX_ROW;
-    ptrdiff_t i = 0, rest, n_full = n - n % FX_LANES;
-    int j;
-    for (j = 0; j < FX_LANES; j++) { outer[j] = 0.0; outer_comp[j] = 0.0; count[j] = 0.0; }
-    while (i < n_full) {
-        ptrdiff_t span = n_full - i > FX_SUM_BLOCK * FX_LANES ? FX_SUM_BLOCK * FX_LANES
-                                                             : n_full - i;
-        for (j = 0; j < FX_LANES; j++) { acc[j] = 0.0; comp[j] = 0.0; }
-        FX_NAME(fx_exp_sum_span)(x + i, span, m, e != NULL ? e + i : NULL, acc, comp, count,
-                                 prefetch ? (const char *)(x + n + i) : NULL,
-                                 prefetch && e != NULL ? (char *)(e + n + i) : NULL);
-        FX_NAME(fx_exp_sum_outer)(outer, outer_comp, acc, comp);
-        i += span;
-    }
-    rest = n - i;
-    if (rest > 0) {
-        for (j = 0; j < FX_LANES; j++) { acc[j] = 0.0; comp[j] = 0.0; }
-        for (j = 0; j < FX_LANES; j++) pad_x[j] = j < rest ? x[i + j] : -INFINITY;
-        FX_NAME(fx_exp_sum_span)(pad_x, FX_LANES, m, e != NULL ? pad_e : NULL, acc, comp, count,
-                                 NULL, NULL);
-        if (e != NULL)
-            for (j = 0; j < rest; j++) e[i + j] = pad_e[j];
-        FX_NAME(fx_exp_sum_outer)(outer, outer_comp, acc, comp);
-    }
-    return FX_NAME(fx_exp_sum_total)(outer, outer_comp, count);
-}
-
-/* fx_row_exp_sum for a strided row (x[i * xs], e[i * es]; the class axis of an (N, C, H, W)
- * array, or of a Fortran-order one). Note [strided bits]: each span of the contiguous loop is
- * gathered into a buffer and goes through the same fx_exp_sum_span, in the same order, so that a
- * strided row has the accuracy and the bits of a contiguous one (a running sum of 1000 terms is
- * 19 ulp off in float64). */
-FX_CLONES static double FX_NAME(fx_strided_exp_sum)(const FX_T *x, ptrdiff_t n, ptrdiff_t xs,
-                                                     double m, FX_T *e, ptrdiff_t es)
-{
-    double acc[FX_LANES], comp[FX_LANES], outer[FX_LANES], outer_comp[FX_LANES];
-    double count[FX_LANES];
-    FX_T buf_x[FX_SUM_BLOCK * FX_LANES], buf_e[FX_SUM_BLOCK * FX_LANES];
-    ptrdiff_t i = 0, k, n_full = n - n % FX_LANES;
-    int j;
-    for (j = 0; j < FX_LANES; j++) { outer[j] = 0.0; outer_comp[j] = 0.0; count[j] = 0.0; }
-    while (i < n) {
-        /* a span of full blocks, or the partial last block padded with -inf */
-        ptrdiff_t span = i < n_full ? (n_full - i > FX_SUM_BLOCK * FX_LANES
-                                       ? FX_SUM_BLOCK * FX_LANES : n_full - i)
-                                    : FX_LANES;
-        for (j = 0; j < FX_LANES; j++) { acc[j] = 0.0; comp[j] = 0.0; }
-        for (k = 0; k < span; k++) buf_x[k] = i + k < n ? x[(i + k) * xs] : -INFINITY;
-        FX_NAME(fx_exp_sum_span)(buf_x, span, m, e != NULL ? buf_e : NULL, acc, comp, count,
-                                 NULL, NULL);
-        if (e != NULL)
-            for (k = 0; k < span && i + k < n; k++) e[(i + k) * es] = buf_e[k];
-        FX_NAME(fx_exp_sum_outer)(outer, outer_comp, acc, comp);
-        i += span;
-    }
-    return FX_NAME(fx_exp_sum_total)(outer, outer_comp, count);
-}
-
-/* g[i] *= factor */
-FX_CLONES static void FX_NAME(fx_row_scale)(FX_T *g, ptrdiff_t n, double factor)
-{
-    ptrdiff_t i;
-    for (i = 0; i < n; i++) g[i] = (FX_T)((double)g[i] * factor);
-}
-
-/* sum k w_i (x_i / 2 - m / 2) over i with w_i != 0 (all w_i = 1 when w is NULL): half the
- * label-smoothing term k sum w_i (x_i - m), scaled term by term, so that it overflows only where
- * the loss does (x_i - m alone overflows for logits of both signs near the largest double) */
-FX_CLONES static double FX_NAME(fx_row_weighted_shift_sum)(const FX_T *x, ptrdiff_t n, double m,
-                                                           const double *w, double k)
-{
-    double acc[FX_LANES], tail = 0.0, half_m = 0.5 * m;
-    ptrdiff_t i = 0;
-    int j;
-    for (j = 0; j < FX_LANES; j++) acc[j] = 0.0;
-    if (w == NULL) {
-        for (; i + FX_LANES <= n; i += FX_LANES)
-            for (j = 0; j < FX_LANES; j++) acc[j] += k * (0.5 * (double)x[i + j] - half_m);
-        for (; i < n; i++) tail += k * (0.5 * (double)x[i] - half_m);
-    } else {
-        for (; i + FX_LANES <= n; i += FX_LANES)
-            for (j = 0; j < FX_LANES; j++) {
-                /* the product first, then the select: GCC 12 vectorises the conditional
-                 * product (a masked reduction) wrongly for AVX2 and AVX-512 */
-                double term = (k * w[i + j]) * (0.5 * (double)x[i + j] - half_m);
-                acc[j] += w[i + j] != 0.0 ? term : 0.0;
-            }
-        for (; i < n; i++)
-            tail += w[i] != 0.0 ? (k * w[i]) * (0.5 * (double)x[i] - half_m) : 0.0;
-    }
-    return fx_combine(acc) + tail;
-}
-
-/* g[i] = coef * (a * g[i] - k * w_i): the label-smoothing gradient (w_i = 1 when w is NULL) */
-FX_CLONES static void FX_NAME(fx_row_smooth_grad)(FX_T *g, ptrdiff_t n, double coef_a,
-                                                  double coef_k, const double *w)
-{
-    ptrdiff_t i;
-    if (w == NULL)
-        for (i = 0; i < n; i++) g[i] = (FX_T)(coef_a * (double)g[i] - coef_k);
-    else
-        for (i = 0; i < n; i++) g[i] = (FX_T)(coef_a * (double)g[i] - coef_k * w[i]);
-}
-
-/* A tile of up to FX_TILE rows with at most FX_TILE_MAX_C classes, vectorised across the rows:
- * the layout that suits few classes (a row of 10 classes fills no vector) and a class axis that
- * is not last (rows are then contiguous: PyTorch's (N, C, H, W)). Element (r, c) of the tile is
- * x[r * rs + c * cs]. Per row r < rows: m_out[r] = max (NaN ignored), s_rest_out[r] = sum of
- * exp(x - m) without the 1 of the maximum, log_s_out[r] = log1p(s_rest). When g is not NULL,
- * g[r * grs + c * gcs] = exp(x - m) * coef[r] / (1 + s_rest): the scaled softmax, written once
- * (g may be x: the whole tile is read first); with zcoef (not NULL), coef[r] + zcoef[r] * lse_r
- * instead of coef[r]. */
-FX_CLONES static void FX_NAME(fx_tile_stats)(const FX_T *x, ptrdiff_t rs, ptrdiff_t cs, int rows,
-                                             ptrdiff_t n_classes, FX_T *g, ptrdiff_t grs,
-                                             ptrdiff_t gcs, const double *coef,
-                                             const double *zcoef, double *m_out,
-                                             double *s_rest_out, double *log_s_out)
-{
-    FX_T xt[FX_TILE_MAX_C][FX_TILE];
-    double et[FX_TILE_MAX_C][FX_TILE];
-    FX_T mt[FX_TILE];
-    double m[FX_TILE], acc[FX_TILE], comp[FX_TILE], count[FX_TILE], factor[FX_TILE];
-    ptrdiff_t c;
-    int r;
-    /* the tile into xt[class][row]; a full tile whose rows are adjacent (rs == 1: the
-     * (N, C, H, W) layout) by vector loads (gathers for rs == C were measured slower than
-     * these scalar loads) */
-    if (rows == FX_TILE && rs == 1)
-        for (c = 0; c < n_classes; c++)
-            for (r = 0; r < FX_TILE; r++) xt[c][r] = x[c * cs + r];
-    else
-        for (c = 0; c < n_classes; c++)
-            for (r = 0; r < FX_TILE; r++)
-                xt[c][r] = r < rows ? x[r * rs + c * cs] : (FX_T)0;
-    for (r = 0; r < FX_TILE; r++) { mt[r] = -INFINITY; acc[r] = 0.0; comp[r] = 0.0; count[r] = 0.0; }
-    for (c = 0; c < n_classes; c++)
-        for (r = 0; r < FX_TILE; r++)
-            mt[r] = xt[c][r] > mt[r] ? xt[c][r] : mt[r];
-    for (r = 0; r < FX_TILE; r++) m[r] = mt[r];
-    for (c = 0; c < n_classes; c++)
-        for (r = 0; r < FX_TILE; r++) {
-            int at_max = (double)xt[c][r] == m[r];
-            double v = FX_NAME(fx_exp_shifted)(xt[c][r], m[r]);
-#if FX_COMPENSATED
-            acc[r] = fx_two_sum(acc[r], at_max ? 0.0 : v, &comp[r]);
-#else
-            (void)comp;
-            acc[r] += at_max ? 0.0 : v;
-#endif
-            count[r] += at_max ? 1.0 : 0.0;
-            et[c][r] = v;
-        }
-    for (r = 0; r < FX_TILE; r++) {
-#if FX_COMPENSATED
-        double s_rest = acc[r] + (comp[r] + (count[r] - 1.0));
-#else
-        double s_rest = acc[r] + (count[r] - 1.0);
-#endif
-        s_rest_out[r] = s_rest;
-        log_s_out[r] = fx_log1p_pos(s_rest);
-        m_out[r] = m[r];
-        factor[r] = (g != NULL && r < rows ? coef[r] : 0.0) / (1.0 + s_rest);
-    }
-    /* z-loss: its gradient 2 z lse p adds zcoef * lse to the softmax's coefficient (a loop of
-     * its own: GCC vectorised a zcoef[r] in the loop above as a load even when zcoef is NULL) */
-    if (g != NULL && zcoef != NULL)
-        for (r = 0; r < rows; r++)
-            factor[r] += zcoef[r] * (m[r] + log_s_out[r]) / (1.0 + s_rest_out[r]);
-    if (g != NULL && rows == FX_TILE && grs == 1)
-        for (c = 0; c < n_classes; c++)
-            for (r = 0; r < FX_TILE; r++) g[c * gcs + r] = (FX_T)(et[c][r] * factor[r]);
-    else if (g != NULL)
-        for (c = 0; c < n_classes; c++)
-            for (r = 0; r < rows; r++)
-                g[r * grs + c * gcs] = (FX_T)(et[c][r] * factor[r]);
-}
-
-/* Dense labels: with q_i the label mass (fx_label_mass), returns HALF of sum q_i (x_i - m) over
- * the q_i != 0 (so 0 * -inf is 0), summed as sum q_i (x_i / 2 - m / 2), and stores sum q_i in
- * *mass. Note [smoothing sum]: x_i - m alone overflows for logits of both signs near the
- * largest double, where a term with a small q_i does not; halving is exact, so the doubled
- * result has the bits of the plain sum wherever that does not overflow. */
-FX_CLONES static double FX_NAME(fx_row_dense_dot)(const FX_T *x, const FX_T *t, ptrdiff_t n,
-                                                  double m, double keep, double spread,
-                                                  const double *w, double *mass)
-{
-    double acc[FX_LANES], tot[FX_LANES], acc_tail = 0.0, tot_tail = 0.0, half_m = 0.5 * m;
-    ptrdiff_t i = 0;
-    int j;
-    for (j = 0; j < FX_LANES; j++) { acc[j] = 0.0; tot[j] = 0.0; }
-    for (; i + FX_LANES <= n; i += FX_LANES)
-        for (j = 0; j < FX_LANES; j++) {
-            double q = FX_NAME(fx_label_mass)(t[i + j], keep, spread, w, i + j);
-            tot[j] += q;
-            double term = q * (0.5 * (double)x[i + j] - half_m); /* then the select: above */
-            acc[j] += q != 0.0 ? term : 0.0;
-        }
-    for (; i < n; i++) {
-        double q = FX_NAME(fx_label_mass)(t[i], keep, spread, w, i);
-        tot_tail += q;
-        acc_tail += q != 0.0 ? q * (0.5 * (double)x[i] - half_m) : 0.0;
-    }
-    *mass = fx_combine(tot) + tot_tail;
-    return fx_combine(acc) + acc_tail;
-}
-
 /* fx_row_dense_dot (half the dot) for strided rows (x[i * xs], t[i * ts]), scalar, in the same
  * order */
 static double FX_NAME(fx_strided_dense_dot)(const FX_T *x, ptrdiff_t xs, const FX_T *t,
@@ -364,149 +28,13 @@ static double FX_NAME(fx_strided_dense_dot)(const FX_T *x, ptrdiff_t xs, const F
     return fx_combine(acc) + acc_tail;
 }
 
-/* Dense labels' gradient: g_i = a * g_i - b * q_i, with g_i = exp(x_i - m) on entry and
- * a = b p inv_s (p the softmax's coefficient, inv_s = 1 / (1 + s_rest)).
- * Note [dense maximum entry]: where g_i is 1 (the row maximum) and s_rest < 1, the entry is
- * b ((p - q_i) - p rest_frac) with rest_frac = s_rest inv_s < 1/2: the value of b (p inv_s - q_i)
- * without the rounding of 1 + s_rest, which loses the digits of s_rest below an ulp of 1 (and
- * with them the last digits of a result that does not cancel, or every digit of one that
- * does). A one-hot target on the maximum (p = q_i) keeps its tiny gradient -b p rest_frac, and a
- * soft one its last digit (TensorFlow's [[0.5, 0.5]] on logits [[37.43, 0]]:
- * 0.49999999999999994, not 0.5). For s_rest >= 1 the plain formula is the more exact: its
- * terms are the smaller. Nothing overflows before the result does: p, q_i >= 0. */
-static inline double FX_NAME(fx_dense_grad_one)(double e, double q, double a, double b,
-                                                double p, double rest_frac)
-{
-    double plain = a * e - b * q;
-    double near_one = b * ((p - q) - p * rest_frac);
-    return e == 1.0 && rest_frac < 0.5 ? near_one : plain;
-}
-
-FX_CLONES static void FX_NAME(fx_row_dense_grad)(FX_T *g, const FX_T *t, ptrdiff_t n, double a,
-                                                 double b, double keep, double spread,
-                                                 const double *w, double p, double s_rest,
-                                                 double inv_s)
-{
-    ptrdiff_t i;
-    double rest_frac = s_rest * inv_s;
-    for (i = 0; i < n; i++)
-        g[i] = (FX_T)FX_NAME(fx_dense_grad_one)((double)g[i],
-                                                FX_NAME(fx_label_mass)(t[i], keep, spread, w, i),
-                                                a, b, p, rest_frac);
-}
-
-/* ---------------------------------------------------------------------------------------
- * Logit softcap (v = s tanh(x / s)): see the z-loss/softcap section of _kernels_c.pyx.
- * tanh(u) = sign(u) (1 - e) / (1 + e) and 1 - tanh^2(u) = 4 e / (1 + e)^2 with e = exp(-2|u|):
- * one exp and one reciprocal per element for both, vectorisable. 1 - e is taken as -expm1(-2|u|)
- * from the exp's own polynomial (FX_EXP_EM1_NEG): for |u| far below 1 (a softcap far above the
- * logits) 1 - e would cancel, and with it every digit of tanh(u) ~ u. The exp is the type's
- * (the float32-grade one for float data, relative error below 2e-8 on e and e - 1, so on v; the
- * double one for double data), and so is exp(v - m) (fx_exp_shifted).
- * --------------------------------------------------------------------------------------- */
-
-/* s tanh(x / s) (pre and inv_s from fx_cap_prescale(s); NaN stays NaN, +-inf gives +-s), and
- * 1 - tanh^2(x / s) into *slope when slope is not NULL */
-static inline double FX_NAME(fx_cap)(double x, double s, double pre, double inv_s, double *slope)
-{
-    double u = (x * pre) * inv_s;
-    double em1, e = FX_EXP_EM1_NEG(-2.0 * fabs(u), &em1);
-    double inv = fx_recip_1_2(1.0 + e);
-    if (slope != NULL) *slope = (4.0 * e) * (inv * inv);
-    return u == u ? copysign(s * (-em1 * inv), u) : u;
-}
-
-/* fx_cap for one value (the scalar loops of _kernels_c.pyx) */
-static inline double FX_NAME(fx_cap_one)(double x, double s, double *slope)
-{
-    double inv_s, pre = fx_cap_prescale(s, &inv_s);
-    return FX_NAME(fx_cap)(x, s, pre, inv_s, slope);
-}
-
-/* One block of FX_LANES elements of fx_row_cap_exp_sum: acc += exp(cap(x) - m) for x != m_raw,
- * count the x == m_raw */
-static inline void FX_NAME(fx_cap_exp_sum_block)(const FX_T *x, double s, double pre,
-                                                 double inv_s, double m_raw, double m,
-                                                 double *acc, double *count)
-{
-    int j;
-    for (j = 0; j < FX_LANES; j++) {
-        double e = FX_NAME(fx_exp_shifted)(FX_NAME(fx_cap)((double)x[j], s, pre, inv_s, NULL), m);
-        int at_max = (double)x[j] == m_raw;
-        acc[j] += at_max ? 0.0 : e;
-        count[j] += at_max ? 1.0 : 0.0;
-    }
-}
-
-/* sum_i exp(v_i - m) - 1 without the 1 of the maximum, m = cap(m_raw) (stored in *m_out),
- * m_raw the row's raw maximum: the terms with x_i == m_raw are counted, not summed (compared
- * raw, so the count does not depend on how the cap rounds). The last partial block goes through
- * a buffer padded with m_raw (counted, then discounted), so every element is vectorised. */
-FX_CLONES static double FX_NAME(fx_row_cap_exp_sum)(const FX_T *x, ptrdiff_t n, double s,
-                                                    double m_raw, double *m_out)
-{
-    double acc[FX_LANES], count[FX_LANES], inv_s, pre = fx_cap_prescale(s, &inv_s);
-    double m = FX_NAME(fx_cap)(m_raw, s, pre, inv_s, NULL);
-    FX_T pad[FX_LANES];
-    ptrdiff_t i = 0, rest;
-    int j;
-    for (j = 0; j < FX_LANES; j++) { acc[j] = 0.0; count[j] = 0.0; }
-    for (; i + FX_LANES <= n; i += FX_LANES)
-        FX_NAME(fx_cap_exp_sum_block)(x + i, s, pre, inv_s, m_raw, m, acc, count);
-    rest = n - i;
-    if (rest > 0) {
-        for (j = 0; j < FX_LANES; j++) pad[j] = j < rest ? x[i + j] : (FX_T)m_raw;
-        FX_NAME(fx_cap_exp_sum_block)(pad, s, pre, inv_s, m_raw, m, acc, count);
-    }
-    *m_out = m;
-    return fx_combine(acc) + ((fx_combine(count) - (double)(rest > 0 ? FX_LANES - rest : 0))
-                              - 1.0);
-}
-
-/* One element of fx_row_cap_grad */
-static inline FX_T FX_NAME(fx_cap_grad_one)(FX_T x, double s, double pre, double inv_s, double m,
-                                            double a, double b, double q)
-{
-    double slope;
-    double v = FX_NAME(fx_cap)((double)x, s, pre, inv_s, &slope);
-    return (FX_T)((a * FX_NAME(fx_exp_shifted)(v, m) - b * q) * slope);
-}
-
-/* g_i = (a exp(v_i - m) - b q_i) * dv_i/dx_i, q_i = (t ? keep t_i + spread : 1) * (w ? w_i : 1);
- * g may be x (each element is read before it is written). Rows shorter than a vector go through
- * a buffer, so that they are vectorised too. */
-FX_CLONES static void FX_NAME(fx_row_cap_grad)(const FX_T *x, FX_T *g, ptrdiff_t n, double s,
-                                               double m, double a, double b, const FX_T *t,
-                                               double keep, double spread, const double *w)
-{
-    double inv_s, pre = fx_cap_prescale(s, &inv_s);
-    ptrdiff_t i;
-    if (n < FX_LANES && t == NULL && w == NULL) {
-        FX_T buf[FX_LANES];
-        int j;
-        for (j = 0; j < FX_LANES; j++) buf[j] = j < n ? x[j] : (FX_T)0;
-        for (j = 0; j < FX_LANES; j++)
-            buf[j] = FX_NAME(fx_cap_grad_one)(buf[j], s, pre, inv_s, m, a, b, 1.0);
-        for (j = 0; j < n; j++) g[j] = buf[j];
-        return;
-    }
-    if (t == NULL && w == NULL)
-        for (i = 0; i < n; i++) g[i] = FX_NAME(fx_cap_grad_one)(x[i], s, pre, inv_s, m, a, b, 1.0);
-    else
-        for (i = 0; i < n; i++) {
-            double q = t != NULL ? FX_NAME(fx_label_mass)(t[i], keep, spread, w, i)
-                                 : (w != NULL ? w[i] : 1.0);
-            g[i] = FX_NAME(fx_cap_grad_one)(x[i], s, pre, inv_s, m, a, b, q);
-        }
-}
-
 /* =======================================================================================
  * The per-row and per-tile work of every kernel of _kernels_c.pyx, which keeps the argument
  * unpacking, the prange loops and the choice of path. A row is n classes at class stride xs
- * (gradient gs, target ts); these functions dispatch to the vectorised loops above for
- * contiguous rows. They are not cloned: their scalar formulas compile to the same operations
- * on every CPU (the loops they call are). Kernels never raise: a row's bad label or
- * non-finite maximum gives NaN.
+ * (gradient gs, target ts); these functions call the vectorised loops of the ISA in use
+ * (FX_LOOP) for contiguous rows. They are compiled once, for the baseline: their scalar
+ * formulas compile to the same operations on every CPU (the loops they call do not).
+ * Kernels never raise: a row's bad label or non-finite maximum gives NaN.
  * ======================================================================================= */
 
 /* max_c x_c ignoring NaN; -inf for a row of -inf or NaN only */
@@ -515,7 +43,7 @@ static double FX_NAME(fx_max)(const FX_T *x, ptrdiff_t n, ptrdiff_t xs)
     FX_T m = -INFINITY;
     ptrdiff_t c;
     if (xs == 1)
-        return FX_NAME(fx_row_max)(x, n);
+        return FX_LOOP(fx_row_max)(x, n);
     for (c = 0; c < n; c++) {
         FX_T v = x[c * xs];
         m = v > m ? v : m;
@@ -528,8 +56,8 @@ static double FX_NAME(fx_sum_rest)(const FX_T *x, ptrdiff_t n, ptrdiff_t xs, dou
                                    ptrdiff_t es)
 {
     if (xs == 1 && (e == NULL || es == 1))
-        return FX_NAME(fx_row_exp_sum)(x, n, m, e);
-    return FX_NAME(fx_strided_exp_sum)(x, n, xs, m, e, es);
+        return FX_LOOP(fx_row_exp_sum)(x, n, m, e);
+    return FX_LOOP(fx_strided_exp_sum)(x, n, xs, m, e, es);
 }
 
 static void FX_NAME(fx_fill)(FX_T *g, ptrdiff_t n, ptrdiff_t gs, double value)
@@ -542,7 +70,7 @@ static void FX_NAME(fx_scale)(FX_T *g, ptrdiff_t n, ptrdiff_t gs, double factor)
 {
     ptrdiff_t c;
     if (gs == 1) {
-        FX_NAME(fx_row_scale)(g, n, factor);
+        FX_LOOP(fx_row_scale)(g, n, factor);
         return;
     }
     for (c = 0; c < n; c++) g[c * gs] = (FX_T)((double)g[c * gs] * factor);
@@ -568,7 +96,7 @@ static void FX_NAME(fx_logsumexp_tile)(const FX_T *x, ptrdiff_t rs, ptrdiff_t cs
 {
     double m[FX_TILE], s_rest[FX_TILE], log_s[FX_TILE];
     int i;
-    FX_NAME(fx_tile_stats)(x, rs, cs, rows, n, NULL, 0, 0, NULL, NULL, m, s_rest, log_s);
+    FX_LOOP(fx_tile_stats)(x, rs, cs, rows, n, NULL, 0, 0, NULL, NULL, m, s_rest, log_s);
     for (i = 0; i < rows; i++) {
         if (m[i] == INFINITY || m[i] == -INFINITY)
             out[i * os] = (FX_T)FX_NAME(fx_logsumexp_row)(x + i * rs, n, cs);
@@ -606,7 +134,7 @@ static void FX_NAME(fx_softmax_tile)(const FX_T *x, ptrdiff_t rs, ptrdiff_t cs, 
     ptrdiff_t c;
     int i;
     for (i = 0; i < FX_TILE; i++) ones[i] = 1.0;
-    FX_NAME(fx_tile_stats)(x, rs, cs, rows, n, log_output ? NULL : out, ors, ocs, ones, NULL, m,
+    FX_LOOP(fx_tile_stats)(x, rs, cs, rows, n, log_output ? NULL : out, ors, ocs, ones, NULL, m,
                            s_rest, log_s);
     for (i = 0; i < rows; i++) {
         if (m[i] == INFINITY || m[i] == -INFINITY)
@@ -642,7 +170,7 @@ static void FX_NAME(fx_sparse_row_plain)(const FX_T *x, ptrdiff_t n, ptrdiff_t x
     if (smoothing != 0.0) {
         /* Note [smoothing sum], read before the gradient buffer (possibly x) is written */
         if (xs == 1) {
-            smooth_dot = FX_NAME(fx_row_weighted_shift_sum)(x, n, m, weight, smoothing / n);
+            smooth_dot = FX_LOOP(fx_row_weighted_shift_sum)(x, n, m, weight, smoothing / n);
         } else {
             for (c = 0; c < n; c++) {
                 w_c = weight != NULL ? weight[c] : 1.0;
@@ -689,7 +217,7 @@ static void FX_NAME(fx_sparse_row_plain)(const FX_T *x, ptrdiff_t n, ptrdiff_t x
     if (smoothing == 0.0) {
         FX_NAME(fx_scale)(g, n, gs, grad_coef * (z_loss != 0.0 ? w_y + z_coef : w_y) * inv_s);
     } else if (gs == 1) {
-        FX_NAME(fx_row_smooth_grad)(g, n, grad_coef * a_coef * inv_s, grad_coef * k_coef, weight);
+        FX_LOOP(fx_row_smooth_grad)(g, n, grad_coef * a_coef * inv_s, grad_coef * k_coef, weight);
     } else {
         for (c = 0; c < n; c++) {
             w_c = weight != NULL ? weight[c] : 1.0;
@@ -739,7 +267,7 @@ static void FX_NAME(fx_sparse_tile)(const FX_T *x, ptrdiff_t rs, ptrdiff_t cs, i
             zcoef[i] = 0.0;
         }
     }
-    FX_NAME(fx_tile_stats)(x, rs, cs, rows, n, g, grs, gcs, coef,
+    FX_LOOP(fx_tile_stats)(x, rs, cs, rows, n, g, grs, gcs, coef,
                            z_loss != 0.0 ? zcoef : NULL, m, s_rest, log_s);
     for (i = 0; i < rows; i++) {
         grow = g != NULL ? g + i * grs : NULL;
@@ -800,7 +328,7 @@ static void FX_NAME(fx_dense_row_plain)(const FX_T *x, ptrdiff_t n, ptrdiff_t xs
         return;
     }
     if (xs == 1 && ts == 1)
-        half_dot = FX_NAME(fx_row_dense_dot)(x, t, n, m, keep, spread, weight, &mass);
+        half_dot = FX_LOOP(fx_row_dense_dot)(x, t, n, m, keep, spread, weight, &mass);
     else /* the same sums in the same order, element by element */
         half_dot = FX_NAME(fx_strided_dense_dot)(x, xs, t, ts, n, m, keep, spread, weight, &mass);
     s_rest = FX_NAME(fx_sum_rest)(x, n, xs, m, g, gs);
@@ -815,7 +343,7 @@ static void FX_NAME(fx_dense_row_plain)(const FX_T *x, ptrdiff_t n, ptrdiff_t xs
     if (g == NULL) return;
     inv_s = 1.0 / (1.0 + s_rest);
     if (gs == 1 && ts == 1) {
-        FX_NAME(fx_row_dense_grad)(g, t, n, grad_coef * p_coef * inv_s, grad_coef, keep, spread,
+        FX_LOOP(fx_row_dense_grad)(g, t, n, grad_coef * p_coef * inv_s, grad_coef, keep, spread,
                                    weight, p_coef, s_rest, inv_s);
         return;
     }
@@ -859,7 +387,7 @@ static void FX_NAME(fx_dense_tile)(const FX_T *x, ptrdiff_t rs, ptrdiff_t cs, in
         rs = n;
         cs = 1;
     }
-    FX_NAME(fx_tile_stats)(x, rs, cs, rows, n, g, grs, gcs, scaled, NULL, m, s_rest, log_s);
+    FX_LOOP(fx_tile_stats)(x, rs, cs, rows, n, g, grs, gcs, scaled, NULL, m, s_rest, log_s);
     for (i = 0; i < rows; i++) {
         if (m[i] == INFINITY || m[i] == -INFINITY) {
             loss[i * loss_s] = NAN;
@@ -910,7 +438,7 @@ static double FX_NAME(fx_capped_stats)(const FX_T *x, ptrdiff_t n, ptrdiff_t xs,
     ptrdiff_t c, n_max = 0;
     *m_raw = FX_NAME(fx_max)(x, n, xs);
     if (xs == 1) {
-        acc = FX_NAME(fx_row_cap_exp_sum)(x, n, softcap, *m_raw, m_out);
+        acc = FX_LOOP(fx_row_cap_exp_sum)(x, n, softcap, *m_raw, m_out);
     } else {
         m = FX_NAME(fx_cap_one)(*m_raw, softcap, NULL);
         for (c = 0; c < n; c++) {
@@ -944,7 +472,7 @@ static void FX_NAME(fx_sparse_row_capped)(const FX_T *x, ptrdiff_t n, ptrdiff_t 
     ptrdiff_t c;
     s_rest = FX_NAME(fx_capped_stats)(x, n, xs, softcap, &m_raw, &m, &log_s);
     if (x_y == m_raw)
-        /* the label is the maximum: v_y - m is 0 exactly (m may come from a vectorised clone
+        /* the label is the maximum: v_y - m is 0 exactly (m may come from a vectorised loop
          * whose FMA contraction rounds the cap differently in the last bit; a tiny loss is all
          * in log_s, and must not go negative) */
         v_y = m;
@@ -963,7 +491,7 @@ static void FX_NAME(fx_sparse_row_capped)(const FX_T *x, ptrdiff_t n, ptrdiff_t 
     inv_s = 1.0 / (1.0 + s_rest);
     a_coef = (1.0 - smoothing) * w_y + k_coef * weight_sum + z_coef;
     if (xs == 1 && gs == 1) {
-        FX_NAME(fx_row_cap_grad)(x, g, n, softcap, m, grad_coef * a_coef * inv_s,
+        FX_LOOP(fx_row_cap_grad)(x, g, n, softcap, m, grad_coef * a_coef * inv_s,
                                  grad_coef * k_coef, NULL, 0.0, 0.0, weight);
     } else {
         for (c = 0; c < n; c++) {
@@ -1000,7 +528,7 @@ static void FX_NAME(fx_dense_row_capped)(const FX_T *x, ptrdiff_t n, ptrdiff_t x
     for (c = 0; c < n; c++) {
         q = FX_NAME(fx_label_mass)(t[c * ts], keep, spread, weight, c);
         mass += q;
-        /* the maximum's term is 0 exactly: m may come from a vectorised clone whose FMA
+        /* the maximum's term is 0 exactly: m may come from a vectorised loop whose FMA
          * contraction rounds the cap differently in the last bit (a one-hot target on the
          * maximum would turn a tiny loss negative) */
         if (q != 0.0 && (double)x[c * xs] != m_raw)
@@ -1011,7 +539,7 @@ static void FX_NAME(fx_dense_row_capped)(const FX_T *x, ptrdiff_t n, ptrdiff_t x
     if (g == NULL) return;
     a_coef = (mass + 2.0 * z_loss * lse) * (1.0 / (1.0 + s_rest));
     if (xs == 1 && gs == 1 && ts == 1) {
-        FX_NAME(fx_row_cap_grad)(x, g, n, softcap, m, grad_coef * a_coef, grad_coef, t, keep,
+        FX_LOOP(fx_row_cap_grad)(x, g, n, softcap, m, grad_coef * a_coef, grad_coef, t, keep,
                                  spread, weight);
         return;
     }

@@ -1,0 +1,44 @@
+/*
+ * The kernels of one float type (FX_T, FX_NAME, ... set by _rows.h): its per-element formulas,
+ * its vector loops once per instruction set (FX_LNAME names them, FX_LOOP picks one at run
+ * time), and its rows and tiles. Included by _rows.h once per type.
+ */
+#include "_elements_template.h"
+
+#define FX_ISA_SUFFIX baseline
+#include "_loops_template.h"
+#undef FX_ISA_SUFFIX
+
+#if FX_DISPATCH
+#define FX_ISA_SUFFIX avx2
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,bmi,bmi2,f16c,lzcnt,movbe,popcnt"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v3")
+#endif
+#include "_loops_template.h"
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#undef FX_ISA_SUFFIX
+
+#define FX_ISA_SUFFIX avx512
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512cd,avx512dq,avx512vl,avx2,fma,bmi,bmi2,f16c,lzcnt,movbe,popcnt"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4")
+#endif
+#include "_loops_template.h"
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#undef FX_ISA_SUFFIX
+#endif
+
+#include "_rows_template.h"
