@@ -306,3 +306,44 @@ def test_a_gradient_beyond_float32_overflows_with_its_sign(backend, dtype_):
         _, grad = fastxent.cross_entropy_with_grad(x, np.array([[3, 0, 0]]), weight=w,
                                                    reduction="sum")
     assert grad[0, 3, 0] == -np.inf and (grad[0, [0, 1, 2, 4], 0] == np.inf).all()
+
+
+def _hard_float32_rows(n_classes, rng):
+    """float32 rows whose exp terms are hard: the label at the maximum with every rival 20 to 90
+    below it (tiny losses, terms on both sides of 2^-125, where the float-lane exp hands over to
+    the double one), logits of both signs far from 0 (x - m is not exact in float), rows of
+    equal logits, and rivals just below a large maximum."""
+    rows = 64
+    y = rng.integers(0, n_classes, rows)
+    at = np.arange(rows)
+    tiny = rng.uniform(-3, 3, (rows, 1)) - rng.uniform(20, 90, (rows, n_classes))
+    tiny[at, y] = tiny.max(axis=1) + rng.uniform(0, 30, rows)
+    mixed = rng.uniform(-60, 60, (rows, n_classes)) + rng.choice([-1e3, 0.0, 1e3], (rows, 1))
+    equal = np.full((rows, n_classes), 7.25)
+    close = 3e4 - rng.uniform(0, 40, (rows, n_classes))
+    for x in (tiny, mixed, equal, close):
+        yield x.astype(np.float32), y
+
+
+@pytest.mark.parametrize("n_classes", [33, 100, 1000])
+def test_float32_hard_rows_within_2_ulp_on_every_instruction_set(backend, n_classes):
+    # the vector loops of every ISA this CPU has (Note [f32 exp in float lanes]); the fallback
+    # has one
+    kernels = fastxent._backend.kernels
+    current = kernels.current_isa()
+    compiled = current != "numpy"
+    best = kernels.select_isa("avx512") if compiled else current
+    isas = kernels.ISAS[: kernels.ISAS.index(best) + 1] if compiled else (current,)
+    rng = np.random.default_rng(n_classes)
+    cases = list(_hard_float32_rows(n_classes, rng))
+    try:
+        for isa in isas:
+            if compiled:
+                kernels.select_isa(isa)
+            for x, labels in cases:
+                errors = ulp_error(fastxent.cross_entropy(x, labels, reduction="none"),
+                                   reference.rows(x, labels).loss)
+                assert errors.max() <= 2.0, f"{isa}: max {errors.max():.2f} ulp"
+    finally:
+        if compiled:
+            kernels.select_isa(current)

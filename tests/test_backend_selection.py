@@ -137,3 +137,51 @@ def test_fallback_warning_points_at_the_users_import_and_says_how_to_rebuild(tmp
     assert where.split() == [str(script), "5", "python"]
     assert fastxent._backend.REBUILD_COMMAND in message
     assert "--no-cache-dir" in fastxent._backend.REBUILD_COMMAND
+
+
+def _isa_in_subprocess(max_isa):
+    env = {k: v for k, v in os.environ.items() if k != "FASTXENT_PURE_PYTHON"}
+    env["FASTXENT_MAX_ISA"] = max_isa
+    code = "from fastxent import _backend; print(_backend.isa)"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+
+def _cpu_isa(compiled):
+    """The best ISA of this CPU, whatever this process selected"""
+    current = compiled.current_isa()
+    best = compiled.select_isa("avx512")
+    compiled.select_isa(current)
+    return best
+
+
+def test_max_isa_variable_caps_the_compiled_loops():
+    compiled = _compiled()
+    best = _cpu_isa(compiled)
+    for cap in compiled.ISAS:
+        result = _isa_in_subprocess(cap)
+        assert result.returncode == 0, result.stderr
+        expected = min(cap, best, key=compiled.ISAS.index)
+        assert result.stdout.split() == [expected]
+
+
+def test_an_unknown_max_isa_fails_the_import_naming_the_variable_and_the_choices():
+    result = _isa_in_subprocess("avx3")
+    assert result.returncode != 0
+    assert "FASTXENT_MAX_ISA='avx3'" in result.stderr
+    assert "baseline, avx2, avx512" in result.stderr
+
+
+def test_select_isa_never_exceeds_the_cpu_and_rejects_unknown_names():
+    compiled = _compiled()
+    current, best = compiled.current_isa(), _cpu_isa(compiled)
+    try:
+        assert compiled.select_isa("baseline") == "baseline"
+        assert compiled.current_isa() == "baseline"
+        assert compiled.select_isa("avx512") == best
+        with pytest.raises(ValueError):
+            compiled.select_isa("sse9")
+    finally:
+        compiled.select_isa(current)
+    assert _kernels_py.select_isa("avx2") == "numpy"
+    with pytest.raises(ValueError):
+        _kernels_py.select_isa("sse9")

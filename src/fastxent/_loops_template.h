@@ -29,6 +29,9 @@ static double FX_LNAME(fx_row_max)(const FX_T *x, ptrdiff_t n)
     /* a NaN first lane survives the tree (NaN > y is false); the other lanes ignore NaN */
     return lanes[0] == lanes[0] ? lanes[0] : -INFINITY;
 }
+#if FX_IS_FLOAT && FX_ISA_LEVEL != FX_ISA_BASELINE
+#include "_exp_simd.h" /* fx_exp_sum_span in float lanes */
+#else
 /* Every exp sum runs this one body, on a contiguous row or on a block gathered from a strided
  * one: acc[j] (+ comp[j]) += exp(x - m) and count[j] += (x == m) over x[0..n) (n a multiple of
  * FX_LANES), and e = exp(x - m) when e is not NULL (e may be x); pf_x, pf_e (or NULL) are
@@ -63,6 +66,7 @@ FX_SAME_BITS_FOR_EVERY_CALLER static void FX_LNAME(fx_exp_sum_span)(
         count_io[j] = count[j];
     }
 }
+#endif
 
 /* sum exp(x_i - m) - 1 without adding the 1 of the maximum (terms with x_i == m are counted,
  * not summed); stores exp(x_i - m) into e[i] when e is not NULL (e may be x: read first).

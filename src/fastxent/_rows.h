@@ -144,22 +144,26 @@ static inline double fx_combine_compensated(const double *hi, const double *lo, 
 #define FX_T float
 #define FX_SUFFIX f32
 #define FX_COMPENSATED 0
+#define FX_IS_FLOAT 1
 #define FX_NAME(base) FX_NAME2(base, FX_SUFFIX)
 #define FX_EXP_EM1_NEG(d, em1) fx_exp_em1_neg_f32((d), (em1))
 #include "_type_kernels.h"
 #undef FX_T
 #undef FX_SUFFIX
 #undef FX_COMPENSATED
+#undef FX_IS_FLOAT
 #undef FX_EXP_EM1_NEG
 
 #define FX_T double
 #define FX_SUFFIX f64
 #define FX_COMPENSATED 1
+#define FX_IS_FLOAT 0
 #define FX_EXP_EM1_NEG(d, em1) fx_exp_em1_neg_f64((d), 0.0, (em1))
 #include "_type_kernels.h"
 #undef FX_T
 #undef FX_SUFFIX
 #undef FX_COMPENSATED
+#undef FX_IS_FLOAT
 #undef FX_EXP_EM1_NEG
 #undef FX_NAME
 

@@ -6,11 +6,14 @@
 #include "_elements_template.h"
 
 #define FX_ISA_SUFFIX baseline
+#define FX_ISA_LEVEL FX_ISA_BASELINE
 #include "_loops_template.h"
 #undef FX_ISA_SUFFIX
+#undef FX_ISA_LEVEL
 
 #if FX_DISPATCH
 #define FX_ISA_SUFFIX avx2
+#define FX_ISA_LEVEL FX_ISA_AVX2
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2,fma,bmi,bmi2,f16c,lzcnt,movbe,popcnt"))), apply_to = function)
 #else
@@ -24,8 +27,10 @@
 #pragma GCC pop_options
 #endif
 #undef FX_ISA_SUFFIX
+#undef FX_ISA_LEVEL
 
 #define FX_ISA_SUFFIX avx512
+#define FX_ISA_LEVEL FX_ISA_AVX512
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512cd,avx512dq,avx512vl,avx2,fma,bmi,bmi2,f16c,lzcnt,movbe,popcnt"))), apply_to = function)
 #else
@@ -39,6 +44,7 @@
 #pragma GCC pop_options
 #endif
 #undef FX_ISA_SUFFIX
+#undef FX_ISA_LEVEL
 #endif
 
 #include "_rows_template.h"
