@@ -146,6 +146,24 @@ def memory_table(data: Data) -> str:
     return "\n".join(lines)
 
 
+def standing(data: Data) -> str:
+    """How many cases of the run fastxent wins, and a table of those where a peer is faster."""
+    rows = _index(data)
+    lines = ["| (N, C) | dtype | labels | mode | threads | faster peers (their speed-up) |",
+             "|---|---|---|---|---:|---|"]
+    for (name, dtype, labels, mode, threads), row in rows.items():
+        ours = _seconds(row, FASTXENT)
+        faster = [f"{p} {ours / _seconds(row, p):.2f}x" for p in PEERS
+                  if ours and _seconds(row, p) and _seconds(row, p) < ours]
+        if faster:
+            lines.append(f"| {_shape(name)} | {dtype} | {labels} | {mode} | {threads} | "
+                         + ", ".join(faster) + " |")
+    behind = len(lines) - 2
+    head = (f"fastxent is the fastest of the implementations in {len(rows) - behind} of the run's "
+            f"{len(rows)} cases.")
+    return head if not behind else head + " A peer is faster in these:\n\n" + "\n".join(lines)
+
+
 def plot(data: Data, path: Path) -> bool:
     """Every peer's time over fastxent's, per case (log scale), forward and fused side by side;
     False (and nothing written) without matplotlib."""
@@ -210,6 +228,7 @@ def write_docs(results: Path, directory: Path) -> None:
     _write_if_changed(directory / "main-table.md", main_table(data) + "\n")
     _write_if_changed(directory / "memory-table.md", memory_table(data) + "\n")
     _write_if_changed(directory / "why-table.md", why_table(data) + "\n")
+    _write_if_changed(directory / "standing.md", standing(data) + "\n")
     png = directory / "speedup.png"
     if not png.exists() or png.stat().st_mtime < Path(results).stat().st_mtime:
         plot(data, png)

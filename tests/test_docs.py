@@ -26,6 +26,8 @@ PUBLIC_MODULES = ("fastxent", "fastxent.torch", "fastxent.dask")
 # Where the public names are defined: the modules whose docstrings hold the examples.
 DOCSTRING_MODULES = ("fastxent._api", "fastxent._linear", "fastxent.torch", "fastxent.dask")
 REQUIRED_SECTIONS = ("Parameters", "Returns", "Examples")
+# The pages' examples that import one of these are skipped, with a reason, where it is missing.
+OPTIONAL_MODULES = ("torch", "dask", "sklearn", "scipy")
 
 
 def _failures(test):
@@ -93,8 +95,9 @@ def _pages():
 def test_docs_page_examples_print_what_they_show(backend, page):
     test = _markdown_doctest(page)
     for example in test.examples:  # the pages' examples that need an optional module
-        for needed in ("torch", "dask"):
-            if re.match(rf"\s*import {needed}\b|.*\bfastxent\.{needed}\b", example.source):
+        for needed in OPTIONAL_MODULES:
+            if re.match(rf"\s*(import|from) {needed}\b|.*\bfastxent\.{needed}\b",
+                        example.source):
                 pytest.importorskip(needed)
     failures = _failures(test)
     assert not failures, "\n".join(failures)
