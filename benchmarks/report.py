@@ -237,7 +237,13 @@ def write_docs(results: Path, directory: Path) -> None:
 def readme_with_table(readme: str, data: Data) -> str:
     """The README with the text between the markers replaced by the run's why table."""
     start, end = readme.index(BEGIN) + len(BEGIN), readme.index(END)
-    return readme[:start] + "\n" + why_table(data) + "\n" + readme[end:]
+    return (readme[:start] + "\n" + why_table(data) + "\n\n" + machine(data) + "\n"
+            + readme[end:])
+
+
+def update_readme(data: Data, readme: Path = README) -> None:
+    """Rewrite the README's why table from ``data`` (run.py does after a full run)."""
+    _write_if_changed(readme, readme_with_table(readme.read_text(), data))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             print("README.md's why table differs from benchmarks/report.py's: run it")
             return 1
         return 0
-    README.write_text(updated)
+    update_readme(data)
     plot(data, args.results.parent / "speedup.png")
     return 0
 

@@ -9,6 +9,7 @@ covered without an edit here.
 
 import doctest
 import importlib
+import importlib.util
 import inspect
 import pathlib
 import re
@@ -101,6 +102,20 @@ def test_docs_page_examples_print_what_they_show(backend, page):
                 pytest.importorskip(needed)
     failures = _failures(test)
     assert not failures, "\n".join(failures)
+
+
+def test_readme_why_table_is_the_measured_runs():
+    """The README's table is generated from benchmarks/results/results.json (report.py)."""
+    script, results = ROOT / "benchmarks" / "report.py", ROOT / "benchmarks" / "results"
+    if not (script.exists() and (results / "results.json").exists() and README.exists()):
+        pytest.skip("benchmarks/ or README.md is not next to the tests")
+    spec = importlib.util.spec_from_file_location("report", script)
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    text = README.read_text()
+    assert report.readme_with_table(text, report.load(results / "results.json")) == text, (
+        "README.md's why table is not that of benchmarks/results/results.json: run "
+        "python benchmarks/report.py")
 
 
 # ------------------------------------------------------------------------------------------

@@ -163,7 +163,7 @@ def _covered(input: Tensor, target: Tensor, weight: Tensor | None) -> bool:
 
 def _label_smoothing(value: float) -> float:
     """PyTorch's reading: a bool is 0 or 1, above 1 is its RuntimeError; below 0 (and NaN),
-    which PyTorch reads as 0 for class indices, is fastxent's ValueError (see the README)."""
+    which PyTorch reads as 0 for class indices, is fastxent's ValueError (docs/coming-from.md)."""
     if isinstance(value, (bool, np.bool_)):
         value = float(value)
     if isinstance(value, numbers.Real) and value > 1.0:
