@@ -4,9 +4,10 @@
 (classes on axis 1, or 0 for 1-D logits) for every option: weights, ``ignore_index``, label
 smoothing, probability targets, z-loss, softcap, the three reductions and the
 "Non-finite input" table of docs/semantics.md. ``rows`` is the per-row part of it on (R, C)
-rows, ``logsumexp`` / ``softmax`` / ``log_softmax`` the normalisers. Everything is computed in ``dtype``: long double
-by default (64-bit mantissa on x86-64), the exact value of the given inputs for the ulp tests;
-a test that wants an independent computation in another precision passes ``dtype=np.float64``.
+rows, ``logsumexp`` / ``softmax`` / ``log_softmax`` the normalisers. Everything is computed in
+``dtype``: long double by default (64-bit mantissa on x86-64), the exact value of the given
+inputs for the ulp tests; a test that wants an independent computation in another precision
+passes ``dtype=np.float64``.
 
 Invariants of the formulas:
 
