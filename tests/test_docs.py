@@ -87,9 +87,9 @@ def test_readme_tour_prints_what_it_shows(backend):
 
 
 def _pages():
-    pages = sorted(DOCS.glob("*.md")) if DOCS.is_dir() else []
-    return [p for p in pages if ">>>" in p.read_text()] or [
-        pytest.param(None, marks=pytest.mark.skip(reason="docs/ is not next to the tests"))]
+    if not DOCS.is_dir():  # the wheel's test run: the tests without the tree
+        return [pytest.param(None, marks=pytest.mark.skip(reason="docs/ is not next to the tests"))]
+    return [page for page in sorted(DOCS.glob("*.md")) if ">>>" in page.read_text()]
 
 
 @pytest.mark.parametrize("page", _pages(), ids=lambda p: p.name if p else "docs")
