@@ -81,7 +81,7 @@ def _bytes(n: int | None) -> str:
 
 
 def _shape(name: str) -> str:
-    return name.replace("x", " x ")
+    return name.replace("x", "\u00a0x\u00a0")  # no-break spaces: a shape stays on one line
 
 
 def machine(data: Data) -> str:

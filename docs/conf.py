@@ -83,9 +83,15 @@ html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
     "navbar_align": "left",
+    "header_links_before_dropdown": 5,
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],
 }
+# The guide's pages are one level deep: no left sidebar (it would be empty); the API
+# reference keeps it.
+html_sidebars = {page: [] for page in (
+    "index", "getting-started", "coming-from", "semantics", "numerics", "bridges",
+    "large-vocabularies", "performance", "reliability", "changelog")}
 html_static_path: list[str] = []
 # The colour mode a first visit starts in (the theme logs an error when it is unset).
 html_context = {"default_mode": "auto"}
