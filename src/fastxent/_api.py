@@ -183,14 +183,8 @@ def log_softmax(x: ArrayLike, axis: int = -1, *, out: FloatArray | None = None,
 
     Parameters
     ----------
-    x : array_like
-        The logits. float32 and float64 are computed natively and keep their dtype; float16 is
-        computed in float32 and returned as float16; integers and bool become float64.
-    axis : int, default -1
-        The class axis: the one reduced over.
-    out : ndarray, optional
-        Receives the result: an array of ``x``'s shape and of the result's dtype. ``out=x``
-        computes in place, the only overlap with ``x`` that is allowed.
+    x, axis, out
+        As in :func:`softmax`.
     n_threads : int, optional
         The number of threads. None (the default) uses every thread OpenMP may use at call time
         (``OMP_NUM_THREADS`` and ``threadpoolctl`` are honoured); small problems stay on the
@@ -204,14 +198,8 @@ def log_softmax(x: ArrayLike, axis: int = -1, *, out: FloatArray | None = None,
 
     Raises
     ------
-    ValueError
-        If ``x`` is 0-d, has no classes (size 0 along ``axis``), or ``out`` has the wrong shape
-        or dtype, is not writeable or overlaps ``x`` other than as ``out=x``.
-    numpy.exceptions.AxisError
-        If ``axis`` is out of range.
-    TypeError
-        If ``x`` is complex, object or string data, or ``axis`` or ``n_threads`` is not an
-        integer.
+    ValueError, numpy.exceptions.AxisError, TypeError
+        As :func:`softmax`.
 
     See Also
     --------
@@ -233,11 +221,8 @@ def logsumexp(x: ArrayLike, axis: int = -1, *, out: FloatArray | None = None,
 
     Parameters
     ----------
-    x : array_like
-        The logits. float32 and float64 are computed natively and keep their dtype; float16 is
-        computed in float32 and returned as float16; integers and bool become float64.
-    axis : int, default -1
-        The class axis: the one reduced over.
+    x, axis
+        As in :func:`softmax`.
     out : ndarray, optional
         Receives the result: an array of ``x``'s shape without ``axis``, of the result's dtype.
     n_threads : int, optional
@@ -253,14 +238,8 @@ def logsumexp(x: ArrayLike, axis: int = -1, *, out: FloatArray | None = None,
 
     Raises
     ------
-    ValueError
-        If ``x`` is 0-d, has no classes (size 0 along ``axis``), or ``out`` has the wrong shape
-        or dtype, is not writeable or overlaps ``x`` other than as ``out=x``.
-    numpy.exceptions.AxisError
-        If ``axis`` is out of range.
-    TypeError
-        If ``x`` is complex, object or string data, or ``axis`` or ``n_threads`` is not an
-        integer.
+    ValueError, numpy.exceptions.AxisError, TypeError
+        As :func:`softmax`.
 
     See Also
     --------
@@ -461,14 +440,8 @@ def softmax_cross_entropy_with_logits_and_grad(labels: ArrayLike, logits: ArrayL
 
     Parameters
     ----------
-    labels : array_like
-        Class probabilities, of ``logits``' shape (a distribution per row; rows need not sum
-        to 1).
-    logits : array_like
-        The unnormalised log-probabilities. float32 and float64 keep their dtype; float16 is
-        computed in float32 and returned as float16; integers and bool become float64.
-    axis : int, default -1
-        The class axis.
+    labels, logits, axis
+        As in :func:`softmax_cross_entropy_with_logits`.
     out : ndarray, optional
         Receives the gradient: an array of ``logits``' shape and of the result's dtype.
         ``out=logits`` computes the gradient in place (the logits are overwritten).
@@ -486,14 +459,8 @@ def softmax_cross_entropy_with_logits_and_grad(labels: ArrayLike, logits: ArrayL
 
     Raises
     ------
-    IndexError
-        If a class index is outside ``[0, C)`` (the message names the value and its position).
-    ValueError
-        If the labels' shape does not fit the logits', the logits are 0-d or have no classes, or
-        ``out`` does not fit.
-    TypeError
-        If the labels' dtype does not fit their kind (floats as class indices, integers as
-        probabilities), or the data are complex, object or strings.
+    IndexError, ValueError, TypeError
+        As :func:`softmax_cross_entropy_with_logits`; ``ValueError`` also if ``out`` does not fit.
 
     See Also
     --------
@@ -581,12 +548,8 @@ def sparse_softmax_cross_entropy_with_logits_and_grad(labels: ArrayLike, logits:
 
     Parameters
     ----------
-    labels : array_like of int
-        Class indices in ``[0, C)``, of shape ``logits.shape[:-1]``; integers of any width.
-    logits : array_like
-        The unnormalised log-probabilities, classes on the last axis. float32 and float64 keep
-        their dtype; float16 is computed in float32 and returned as float16; integers and bool
-        become float64.
+    labels, logits
+        As in :func:`sparse_softmax_cross_entropy_with_logits`.
     out : ndarray, optional
         Receives the gradient: an array of ``logits``' shape and of the result's dtype.
         ``out=logits`` computes the gradient in place (the logits are overwritten).
@@ -604,14 +567,9 @@ def sparse_softmax_cross_entropy_with_logits_and_grad(labels: ArrayLike, logits:
 
     Raises
     ------
-    IndexError
-        If a class index is outside ``[0, C)`` (the message names the value and its position).
-    ValueError
-        If the labels' shape does not fit the logits', the logits are 0-d or have no classes, or
-        ``out`` does not fit.
-    TypeError
-        If the labels' dtype does not fit their kind (floats as class indices, integers as
-        probabilities), or the data are complex, object or strings.
+    IndexError, ValueError, TypeError
+        As :func:`sparse_softmax_cross_entropy_with_logits`; ``ValueError`` also if ``out`` does
+        not fit.
 
     See Also
     --------
@@ -813,35 +771,8 @@ def cross_entropy_with_grad(input: ArrayLike, target: ArrayLike, *, weight: Arra
 
     Parameters
     ----------
-    input : array_like
-        The logits: ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``, classes on axis 1 (axis 0
-        for 1-D input). float32 and float64 keep their dtype; float16 is computed in float32 and
-        returned as float16; integers and bool become float64.
-    target : array_like
-        Either class indices: integers of any width, of shape ``(N, d1, ..., dK)`` (``()`` for
-        1-D input), in ``[0, C)`` or equal to ``ignore_index``; or class probabilities: floats
-        of ``input``'s shape.
-    weight : array_like, optional
-        Class weights, shape ``(C,)``, finite and non-negative. For class indices the row of
-        target ``y`` weighs ``weight[y]`` and ``mean`` divides by the total weight; for
-        probabilities each class's term is weighted.
-    ignore_index : int, default -100
-        A class index whose rows contribute nothing (to the loss, the mean's denominator and the
-        gradient). Only for class indices: passing it with probability targets, even -100, is a
-        ValueError.
-    reduction : {'mean', 'sum', 'none'}, default 'mean'
-        ``'none'``: the loss of each row, shape ``(N, d1, ..., dK)``; ``'sum'``: their sum;
-        ``'mean'``: the sum over the total weight of the targets not ignored (class indices) or
-        over the number of rows (probabilities).
-    label_smoothing : float, default 0.0
-        In ``[0, 1]``: the target is mixed with the uniform distribution,
-        ``(1 - label_smoothing) * target + label_smoothing / C``, as PyTorch does.
-    z_loss : float, default 0.0
-        Adds ``z_loss * logsumexp(x_n)**2`` to each row's loss (PaLM's z-loss): unweighted,
-        independent of the target and of ``label_smoothing``; ignored rows get nothing.
-    softcap : float, optional
-        Replaces every logit ``x`` by ``softcap * tanh(x / softcap)`` before everything else
-        (Gemma 2); ``+-inf`` logits become ``+-softcap``.
+    input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap
+        As in :func:`cross_entropy`.
     grad_output : array_like, default 1.0
         The gradient flowing into the loss: a scalar for ``'mean'`` and ``'sum'``; for
         ``'none'`` an array of the loss's shape (or broadcastable to it).
@@ -864,17 +795,9 @@ def cross_entropy_with_grad(input: ArrayLike, target: ArrayLike, *, weight: Arra
 
     Raises
     ------
-    IndexError
-        If a class index is outside ``[0, C)`` and not ``ignore_index`` (the message names the
-        value, its position and C).
-    ValueError
-        If the target's shape fits neither kind of target; ``ignore_index`` is passed with
-        probabilities; ``weight`` is not of shape ``(C,)``, negative or not finite; an option is
-        out of range (``reduction``, ``label_smoothing``, ``z_loss``, ``softcap``,
-        ``n_threads``); or C is 0.
-    TypeError
-        If the target has the right shape and the wrong dtype, or an argument has the wrong
-        type.
+    IndexError, ValueError, TypeError
+        As :func:`cross_entropy`; ``ValueError`` also if ``grad_output`` does not broadcast to
+        the loss's shape, or ``out`` does not fit.
 
     See Also
     --------

@@ -414,34 +414,13 @@ def linear_cross_entropy_with_grad(hidden: ArrayLike, weight: ArrayLike, target:
 
     Parameters
     ----------
-    hidden : array_like
-        The last hidden states, shape ``(N, H)``.
-    weight : array_like
-        The output layer's weight, shape ``(V, H)``: PyTorch's ``nn.Linear(H, V).weight``.
-    target : array_like of int
-        Class indices, shape ``(N,)``, in ``[0, V)`` or equal to ``ignore_index``.
-    bias : array_like, optional
-        The output layer's bias, shape ``(V,)``.
-    ignore_index : int, default -100
-        A class index whose rows contribute nothing, as in :func:`cross_entropy`.
-    reduction : {'mean', 'sum', 'none'}, default 'mean'
-        As in :func:`cross_entropy` (``'none'``: shape ``(N,)``).
-    label_smoothing : float, default 0.0
-        As in :func:`cross_entropy`.
-    z_loss : float, default 0.0
-        As in :func:`cross_entropy`.
-    softcap : float, optional
-        As in :func:`cross_entropy`.
+    hidden, weight, target, bias, ignore_index, reduction, label_smoothing, z_loss, softcap
+        As in :func:`linear_cross_entropy`.
     grad_output : array_like, default 1.0
         The gradient flowing into the loss: a scalar for ``'mean'`` and ``'sum'``, an array of
         shape ``(N,)`` for ``'none'``.
-    chunk_size : int, optional
-        Rows of logits computed at a time. None chooses it from a scratch budget of 24 MiB (the
-        user guide's Large vocabularies page gives the rule); a given size always takes the row
-        path.
-    n_threads : int, optional
-        The cross-entropy kernel's threads (None: every thread OpenMP may use). The matrix
-        products run on BLAS's own threads, which ``threadpoolctl`` sets.
+    chunk_size, n_threads
+        As in :func:`linear_cross_entropy`.
 
     Returns
     -------
@@ -456,13 +435,9 @@ def linear_cross_entropy_with_grad(hidden: ArrayLike, weight: ArrayLike, target:
 
     Raises
     ------
-    IndexError
-        If a class index is outside ``[0, V)`` and not ``ignore_index``.
-    ValueError
-        If ``hidden`` and ``weight`` differ in ``H``, ``bias`` is not of shape ``(V,)``, the target
-        is not of shape ``(N,)``, or an option is out of range (``chunk_size`` < 1 included).
-    TypeError
-        If the target is not integer, or an argument has the wrong type.
+    IndexError, ValueError, TypeError
+        As :func:`linear_cross_entropy`; ``ValueError`` also if ``grad_output`` has the wrong
+        shape.
 
     See Also
     --------

@@ -322,12 +322,10 @@ def cross_entropy(input: Any, target: Any, *, weight: Any = None,
 
     Raises
     ------
-    IndexError
-        When the block holding a class index outside ``[0, C)`` is computed (the message gives its
-        position in the whole target).
-    ValueError, TypeError
-        When the graph is built, for the shapes, dtypes and options that
-        :func:`fastxent.cross_entropy` rejects.
+    IndexError, ValueError, TypeError
+        As :func:`fastxent.cross_entropy`.
+        Shapes, dtypes and options are checked when the graph is built, class indices
+        when their block is computed.
 
     See Also
     --------
@@ -357,21 +355,8 @@ def cross_entropy_with_grad(input: Any, target: Any, *, weight: Any = None,
 
     Parameters
     ----------
-    input : dask.array.Array or array_like
-        The logits, ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``, chunked along rows (axis 0
-        and the axes after the class axis 1); the class axis is rechunked to one chunk if it is
-        not.
-    target : dask.array.Array or array_like
-        Class indices of shape ``(N, d1, ..., dK)`` or class probabilities of ``input``'s shape,
-        as in :func:`fastxent.cross_entropy`.
-    weight : array_like, optional
-        Class weights, shape ``(C,)``.
-    ignore_index : int, default -100
-        A class index whose rows contribute nothing (class indices only).
-    reduction : {'mean', 'sum', 'none'}, default 'mean'
-        As in :func:`fastxent.cross_entropy`.
-    label_smoothing : float, default 0.0
-        In ``[0, 1]``, as in :func:`fastxent.cross_entropy`.
+    input, target, weight, ignore_index, reduction, label_smoothing
+        As in :func:`cross_entropy`.
     grad_output : array_like or dask.array.Array, default 1.0
         A scalar for ``'mean'`` and ``'sum'``; for ``'none'`` a scalar or an array broadcastable
         to the loss's shape.
@@ -390,12 +375,10 @@ def cross_entropy_with_grad(input: Any, target: Any, *, weight: Any = None,
 
     Raises
     ------
-    IndexError
-        When the block holding a class index outside ``[0, C)`` is computed (the message gives its
-        position in the whole target).
-    ValueError, TypeError
-        When the graph is built, for the shapes, dtypes and options that
-        :func:`fastxent.cross_entropy` rejects.
+    IndexError, ValueError, TypeError
+        As :func:`fastxent.cross_entropy_with_grad`.
+        Shapes, dtypes and options are checked when the graph is built, class indices
+        when their block is computed.
 
     See Also
     --------
@@ -480,12 +463,10 @@ def softmax_cross_entropy_with_logits(labels: Any, logits: Any, axis: int = -1, 
 
     Raises
     ------
-    IndexError
-        When the block holding a class index outside ``[0, C)`` is computed (the message gives its
-        position in the whole target).
-    ValueError, TypeError
-        When the graph is built, for the shapes, dtypes and options that
-        :func:`fastxent.cross_entropy` rejects.
+    IndexError, ValueError, TypeError
+        As :func:`fastxent.softmax_cross_entropy_with_logits`.
+        Shapes, dtypes and options are checked when the graph is built, class indices
+        when their block is computed.
 
     Examples
     --------
@@ -505,12 +486,8 @@ def softmax_cross_entropy_with_logits_and_grad(labels: Any, logits: Any, axis: i
 
     Parameters
     ----------
-    labels : dask.array.Array or array_like
-        Class probabilities, of ``logits``' shape.
-    logits : dask.array.Array or array_like
-        The logits, chunked along rows (the class axis is rechunked to one chunk if needed).
-    axis : int, default -1
-        The class axis.
+    labels, logits, axis
+        As in :func:`softmax_cross_entropy_with_logits`.
     n_threads : int, optional
         Threads per block's kernel call. None gives each block ``max(1, threads // blocks)``,
         ``threads`` being what OpenMP may use on the worker, so dask's own workers are not
@@ -525,12 +502,10 @@ def softmax_cross_entropy_with_logits_and_grad(labels: Any, logits: Any, axis: i
 
     Raises
     ------
-    IndexError
-        When the block holding a class index outside ``[0, C)`` is computed (the message gives its
-        position in the whole target).
-    ValueError, TypeError
-        When the graph is built, for the shapes, dtypes and options that
-        :func:`fastxent.cross_entropy` rejects.
+    IndexError, ValueError, TypeError
+        As :func:`fastxent.softmax_cross_entropy_with_logits_and_grad`.
+        Shapes, dtypes and options are checked when the graph is built, class indices
+        when their block is computed.
 
     Examples
     --------
@@ -567,12 +542,10 @@ def sparse_softmax_cross_entropy_with_logits(labels: Any, logits: Any, *,
 
     Raises
     ------
-    IndexError
-        When the block holding a class index outside ``[0, C)`` is computed (the message gives its
-        position in the whole target).
-    ValueError, TypeError
-        When the graph is built, for the shapes, dtypes and options that
-        :func:`fastxent.cross_entropy` rejects.
+    IndexError, ValueError, TypeError
+        As :func:`fastxent.sparse_softmax_cross_entropy_with_logits`.
+        Shapes, dtypes and options are checked when the graph is built, class indices
+        when their block is computed.
 
     Examples
     --------
@@ -593,10 +566,8 @@ def sparse_softmax_cross_entropy_with_logits_and_grad(labels: Any, logits: Any, 
 
     Parameters
     ----------
-    labels : dask.array.Array or array_like of int
-        Class indices in ``[0, C)``, of shape ``logits.shape[:-1]``.
-    logits : dask.array.Array or array_like
-        The logits, classes on the last axis, chunked along rows.
+    labels, logits
+        As in :func:`sparse_softmax_cross_entropy_with_logits`.
     n_threads : int, optional
         Threads per block's kernel call. None gives each block ``max(1, threads // blocks)``,
         ``threads`` being what OpenMP may use on the worker, so dask's own workers are not
@@ -611,12 +582,10 @@ def sparse_softmax_cross_entropy_with_logits_and_grad(labels: Any, logits: Any, 
 
     Raises
     ------
-    IndexError
-        When the block holding a class index outside ``[0, C)`` is computed (the message gives its
-        position in the whole target).
-    ValueError, TypeError
-        When the graph is built, for the shapes, dtypes and options that
-        :func:`fastxent.cross_entropy` rejects.
+    IndexError, ValueError, TypeError
+        As :func:`fastxent.sparse_softmax_cross_entropy_with_logits_and_grad`.
+        Shapes, dtypes and options are checked when the graph is built, class indices
+        when their block is computed.
 
     Examples
     --------
@@ -698,14 +667,8 @@ def log_softmax(x: Any, axis: int = -1, *, n_threads: int | None = None) -> da.A
 
     Parameters
     ----------
-    x : dask.array.Array or array_like
-        The logits.
-    axis : int, default -1
-        The class axis (rechunked to one chunk).
-    n_threads : int, optional
-        Threads per block's kernel call. None gives each block ``max(1, threads // blocks)``,
-        ``threads`` being what OpenMP may use on the worker, so dask's own workers are not
-        oversubscribed.
+    x, axis, n_threads
+        As in :func:`softmax`.
 
     Returns
     -------
@@ -734,14 +697,8 @@ def logsumexp(x: Any, axis: int = -1, *, n_threads: int | None = None) -> da.Arr
 
     Parameters
     ----------
-    x : dask.array.Array or array_like
-        The logits.
-    axis : int, default -1
-        The class axis (rechunked to one chunk).
-    n_threads : int, optional
-        Threads per block's kernel call. None gives each block ``max(1, threads // blocks)``,
-        ``threads`` being what OpenMP may use on the worker, so dask's own workers are not
-        oversubscribed.
+    x, axis, n_threads
+        As in :func:`softmax`.
 
     Returns
     -------
