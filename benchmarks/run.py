@@ -33,8 +33,9 @@ allocations to it), `torch.profiler(profile_memory=True)` allocation events for 
 for JAX, whose allocator neither sees.
 
 Outputs in --out (default benchmarks/results/): results.md (tables), results.json (every
-sample), speedup.png (speed-up over PyTorch per case). --quick writes *-quick.*, a run narrowed
-by --cases/--threads/--dtypes writes *-partial.*, so neither overwrites a full run.
+sample), speedup.png (every peer's time over fastxent's, per case, drawn by report.py).
+--quick writes *-quick.*, a run narrowed by --cases/--threads/--dtypes writes *-partial.*, so
+neither overwrites a full run. report.py then makes the README's table from results.json.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from pathlib import Path
 
 import memory
 import numpy as np
+import report
 from peers import (
     FASTXENT,
     FASTXENT_OUT,
@@ -349,59 +351,6 @@ def full_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def plot(results: list[Result], path: Path) -> bool:
-    """Speed-up over PyTorch per case, forward and fused side by side (log scale)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import matplotlib.ticker
-    except ImportError:
-        print("skipped the plot: matplotlib not installed")
-        return False
-    modes = [m for m in ("forward", "fused") if any(r.case.mode == m for r in results)]
-    panels = []
-    for mode in modes:
-        labels, default, with_out = [], [], []
-        for case in (c for c in _cases(results) if c.mode == mode):
-            torch_r = _find(results, case, "PyTorch")
-            ours, out = _find(results, case, FASTXENT), _find(results, case, FASTXENT_OUT)
-            if torch_r and torch_r.seconds and ours and ours.seconds:
-                dtype = case.dtype.replace("float", "f")
-                labels.append(f"{case.name} {dtype} {case.labels} t{case.threads}")
-                default.append(torch_r.seconds / ours.seconds)
-                with_out.append(torch_r.seconds / out.seconds if out and out.seconds else math.nan)
-        if labels:
-            panels.append((mode, labels, default, with_out))
-    if not panels:
-        return False
-    height = max(3.0, 0.2 * max(len(p[1]) for p in panels) + 1.2)
-    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), height), squeeze=False)
-    for ax, (mode, labels, default, with_out) in zip(axes[0], panels):
-        y = np.arange(len(labels))
-        ax.barh(y, default, color="tab:blue")
-        if mode == "fused":
-            ax.plot(with_out, y, "o", color="tab:orange", markersize=3)
-        ax.set_yticks(y, labels, fontsize=7)
-        ax.invert_yaxis()
-        ax.axvline(1.0, color="black", linewidth=0.8)
-        ax.set_xscale("log")
-        plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
-        ax.xaxis.set_major_formatter(plain)
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
-            lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
-        ax.set_xlabel("time of PyTorch / time of fastxent (> 1: fastxent faster)"
-                      + ("\nbars: fastxent; dots: fastxent with out=" if mode == "fused" else ""))
-        backward = " + backward()" if mode == "fused" else ""
-        ax.set_title(f"{mode}: fastxent vs torch F.cross_entropy{backward}")
-        ax.grid(axis="x", which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
 def machine() -> dict[str, str]:
     info = {"python": platform.python_version(), "numpy": np.__version__,
             "fastxent": f"{fastxent.__version__} ({fastxent.backend}, "
@@ -497,8 +446,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     written = [args.out / f"results{suffix}.md", args.out / f"results{suffix}.json"]
     written[0].write_text(md)
     written[1].write_text(raw)
-    if plot(results, args.out / f"speedup{suffix}.png"):
+    if report.plot(json.loads(raw), args.out / f"speedup{suffix}.png"):
         written.append(args.out / f"speedup{suffix}.png")
+    if not suffix and args.out.resolve() == (HERE / "results").resolve():
+        report.update_readme(json.loads(raw))  # a full run: the README's table is this run's
+        written.append(report.README)
     if args.markdown:
         args.markdown.write_text(md)
         written.append(args.markdown)

@@ -2,11 +2,12 @@
 
 ``cross_entropy`` gives (loss, gradient of ``grad_output * loss``) of PyTorch-layout inputs
 (classes on axis 1, or 0 for 1-D logits) for every option: weights, ``ignore_index``, label
-smoothing, probability targets, z-loss, softcap, the three reductions and the README's
-"Non-finite input" table. ``rows`` is the per-row part of it on (R, C) rows, ``logsumexp`` /
-``softmax`` / ``log_softmax`` the normalisers. Everything is computed in ``dtype``: long double
-by default (64-bit mantissa on x86-64), the exact value of the given inputs for the ulp tests;
-a test that wants an independent computation in another precision passes ``dtype=np.float64``.
+smoothing, probability targets, z-loss, softcap, the three reductions and the
+"Non-finite input" table of docs/semantics.md. ``rows`` is the per-row part of it on (R, C)
+rows, ``logsumexp`` / ``softmax`` / ``log_softmax`` the normalisers. Everything is computed in
+``dtype``: long double by default (64-bit mantissa on x86-64), the exact value of the given
+inputs for the ulp tests; a test that wants an independent computation in another precision
+passes ``dtype=np.float64``.
 
 Invariants of the formulas:
 
@@ -93,7 +94,7 @@ def rows(x, target, *, weight=None, ignore_index=-100, label_smoothing=0.0, z_lo
          softcap=None, dtype=np.longdouble):
     """``Rows`` of logits ``x`` (R, C) with class indices (R,) or probabilities (R, C).
 
-    ``ignore_index=None``: no row is ignored. Non-finite input as the README's table, on the
+    ``ignore_index=None``: no row is ignored. Non-finite input as docs/semantics.md's table, on the
     logits after the softcap (which bounds +-inf): a row with a NaN or +inf logit, only -inf
     logits, or a NaN in its label mass is NaN in loss and gradient; an ignored row is 0; with
     class indices, ``(1 - eps) w_y * inf`` is NaN where that factor is 0 and the label's logit

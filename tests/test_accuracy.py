@@ -1,9 +1,9 @@
 """Accuracy in ulps against references computed plainly in np.longdouble.
 
-The guarantee (README, "Accuracy"): per-row losses within 2 ulp of the exact loss of the float32
-inputs, for any number of classes; within 4 ulp in float64 for C <= 1000. The reference is the
-exact loss of the given inputs, computed in long double (64-bit mantissa on x86-64) by
-tests/reference.py and rounded once to the input's dtype.
+The guarantee (docs/numerics.md, "Error bounds"): per-row losses within 2 ulp of the exact loss
+of the float32 inputs, for any number of classes; within 4 ulp in float64 for C <= 1000. The
+reference is the exact loss of the given inputs, computed in long double (64-bit mantissa on
+x86-64) by tests/reference.py and rounded once to the input's dtype.
 """
 
 import numpy as np

@@ -23,7 +23,8 @@ import fastxent.torch as fxt  # noqa: E402
 import reference  # noqa: E402
 
 TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
-# fastxent rejects what PyTorch computes in these cases (README, "Differences from PyTorch")
+# fastxent rejects what PyTorch computes in these cases (docs/coming-from.md, "Where fastxent
+# differs")
 NEGATIVE_WEIGHT = "weight must be non-negative"
 
 

@@ -6,8 +6,8 @@ misaligned), with extreme values mixed in (the largest finite values, +-inf, NaN
 -0), labels of any integer width in and out of range, ``ignore_index`` anywhere, extreme weights
 and every option. The call must either raise the documented exception or return the documented
 result, which is computed independently of the kernels by tests/reference.py in float64 (the
-formulas of docs/numerics.md and the README's "Non-finite input" table), with NaN and inf in
-exactly the documented places; and the inputs must be unchanged. Runs on both backends.
+formulas of docs/numerics.md and the "Non-finite input" table of docs/semantics.md), with NaN
+and inf in exactly the documented places; and the inputs must be unchanged. Runs on both backends.
 ``FASTXENT_FUZZ_EXAMPLES`` sets the examples per test (default 150);
 ``pytest --hypothesis-show-statistics`` counts them.
 """
@@ -111,7 +111,7 @@ def assert_unchanged(inputs, before):
 
 # ------------------------------------------------------------------------------------------
 # The independent reference: tests/reference.py computing in float64 (the formulas of
-# docs/numerics.md and the README table), the tolerances derived from the size of its terms
+# docs/numerics.md and docs/semantics.md), the tolerances derived from the size of its terms
 # ------------------------------------------------------------------------------------------
 
 def as_rows(arr, axis):

@@ -457,7 +457,7 @@ def test_sigint_during_a_2_gb_call_leaves_a_working_process(source):
 
 
 # ------------------------------------------------------------------------------------------
-# The rows of the README's "Non-finite input" table that test_inputs.py does not cover
+# The rows of docs/semantics.md's "Non-finite input" table that test_inputs.py does not cover
 # ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("weight, smoothing", [([0.0, 1.0, 1.0], 0.0), ([1.0, 1.0, 1.0], 1.0)])

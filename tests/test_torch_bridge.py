@@ -5,10 +5,6 @@ both kernel modules; float32 at a few float32 ulps of the logits' magnitude (PyT
 float32, fastxent in double), float64 at a few float64 ulps.
 """
 
-import doctest
-import pathlib
-import re
-
 import numpy as np
 import pytest
 
@@ -386,32 +382,3 @@ def test_digits_training_gives_the_same_loss_curve(backend, dtype_):
     # float rounding of the loss, grown a little by 60 steps of training on it
     rtol = 1e-4 if dtype_ == torch.float32 else 1e-11
     np.testing.assert_allclose(ours, theirs, rtol=rtol)
-
-
-# ------------------------------------------------------------------------------------------
-# Documentation
-# ------------------------------------------------------------------------------------------
-
-def _readme_blocks(first_line):
-    """The README's python blocks in "## PyTorch and Dask" that start with ``first_line``."""
-    readme = pathlib.Path(__file__).resolve().parent.parent / "README.md"
-    if not readme.exists():
-        pytest.skip("README.md is not next to the tests")
-    section = readme.read_text().split("## PyTorch and Dask", 1)[-1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    return [b for b in blocks if b.startswith(first_line)]
-
-
-def test_readme_example_runs(backend):
-    blocks = _readme_blocks("# fastxent.torch")
-    assert blocks, "the README has no fastxent.torch example"
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), {})
-
-
-def test_docstring_examples(backend):
-    finder = doctest.DocTestFinder(exclude_empty=True)
-    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
-    for test in finder.find(fxt, globs={"torch": torch, **vars(fxt)}):
-        runner.run(test)
-    assert runner.summarize(verbose=False).failed == 0

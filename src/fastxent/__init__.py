@@ -3,7 +3,7 @@
 The loss and its gradient, fused in one pass over the logits, for dense labels (as
 ``tf.nn.softmax_cross_entropy_with_logits``) and integer labels (as
 ``torch.nn.functional.cross_entropy``), plus softmax, log_softmax and logsumexp. See
-``help(fastxent.cross_entropy)`` and the README.
+``help(fastxent.cross_entropy)`` and the documentation in ``docs/``.
 """
 
 from . import _backend

@@ -314,18 +314,70 @@ def linear_cross_entropy(hidden: ArrayLike, weight: ArrayLike, target: ArrayLike
                          z_loss: float = 0.0, softcap: float | None = None,
                          chunk_size: int | None = None,
                          n_threads: int | None = None) -> Loss:
-    """``cross_entropy(hidden @ weight.T + bias, target, ...)`` without the ``(N, V)`` logits.
+    """``cross_entropy(hidden @ weight.T + bias, target)`` without the ``(N, V)`` logits.
 
-    hidden ``(N, H)``, weight ``(V, H)`` (the output layer, PyTorch's ``nn.Linear(H, V).weight``),
-    bias ``(V,)`` or None, integer target ``(N,)``. ``ignore_index``, ``reduction``,
-    ``label_smoothing``, ``z_loss`` and ``softcap`` mean what they mean in ``cross_entropy``.
-    The logits are computed ``chunk_size`` rows at a time (default: from a 24 MiB budget, see
-    ``fastxent._linear``); ``n_threads`` caps the cross-entropy kernel's threads (BLAS uses its
-    own, set them with threadpoolctl).
+    The logits are computed a chunk at a time into one reusable buffer, so the memory beyond the
+    inputs stays near 24 MiB whatever N and V.
 
-    >>> h = np.array([[1.0, 0.0], [0.0, 1.0]]); w = np.array([[1.0, 2.0], [3.0, 0.0], [0.0, 1.0]])
-    >>> linear_cross_entropy(h, w, [0, 2])
+    Parameters
+    ----------
+    hidden : array_like
+        The last hidden states, shape ``(N, H)``.
+    weight : array_like
+        The output layer's weight, shape ``(V, H)``: PyTorch's ``nn.Linear(H, V).weight``.
+    target : array_like of int
+        Class indices, shape ``(N,)``, in ``[0, V)`` or equal to ``ignore_index``.
+    bias : array_like, optional
+        The output layer's bias, shape ``(V,)``.
+    ignore_index : int, default -100
+        A class index whose rows contribute nothing, as in :func:`cross_entropy`.
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+        As in :func:`cross_entropy` (``'none'``: shape ``(N,)``).
+    label_smoothing : float, default 0.0
+        As in :func:`cross_entropy`.
+    z_loss : float, default 0.0
+        As in :func:`cross_entropy`.
+    softcap : float, optional
+        As in :func:`cross_entropy`.
+    chunk_size : int, optional
+        Rows of logits computed at a time. None chooses it from a scratch budget of 24 MiB (the
+        user guide's Large vocabularies page gives the rule); a given size always takes the row
+        path.
+    n_threads : int, optional
+        The cross-entropy kernel's threads (None: every thread OpenMP may use). The matrix
+        products run on BLAS's own threads, which ``threadpoolctl`` sets.
+
+    Returns
+    -------
+    numpy scalar or ndarray
+        The loss: a NumPy scalar for ``'mean'`` and ``'sum'``, shape ``(N,)`` for ``'none'``;
+        float32 when ``hidden`` and ``weight`` are float32, else float64.
+
+    Raises
+    ------
+    IndexError
+        If a class index is outside ``[0, V)`` and not ``ignore_index``.
+    ValueError
+        If ``hidden`` and ``weight`` differ in ``H``, ``bias`` is not of shape ``(V,)``, the target
+        is not of shape ``(N,)``, or an option is out of range (``chunk_size`` < 1 included).
+    TypeError
+        If the target is not integer, or an argument has the wrong type.
+
+    See Also
+    --------
+    linear_cross_entropy_with_grad : The loss and the three gradients.
+    cross_entropy : The loss of given logits.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastxent as fx
+    >>> h = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> w = np.array([[1.0, 2.0], [3.0, 0.0], [0.0, 1.0]])
+    >>> fx.linear_cross_entropy(h, w, [0, 2])
     np.float64(1.7887259920003329)
+    >>> float(fx.cross_entropy(h @ w.T, [0, 2]))
+    1.7887259920003329
     """
     return _linear_call(hidden, weight, target, bias, ignore_index, reduction, label_smoothing,
                         z_loss, softcap, chunk_size, n_threads, with_grad=False)
@@ -358,12 +410,57 @@ def linear_cross_entropy_with_grad(hidden: ArrayLike, weight: ArrayLike, target:
                                    n_threads: int | None = None
                                    ) -> tuple[Loss, FloatArray, FloatArray] | tuple[
                                        Loss, FloatArray, FloatArray, FloatArray]:
-    """``(loss, grad_hidden, grad_weight)``, plus ``grad_bias`` when ``bias`` is given: the loss of
-    ``linear_cross_entropy`` and the gradients of ``grad_output * loss``, fused chunk by chunk.
+    """The loss of :func:`linear_cross_entropy` and its gradients, fused chunk by chunk.
 
-    ``grad_output`` is a scalar for ``mean``/``sum`` and an array of shape ``(N,)`` for ``none``.
-    The gradients have the dtype of the computation (float32 when both hidden and weight are
-    float32, else float64; float16 inputs give float16).
+    Parameters
+    ----------
+    hidden, weight, target, bias, ignore_index, reduction, label_smoothing, z_loss, softcap
+        As in :func:`linear_cross_entropy`.
+    grad_output : array_like, default 1.0
+        The gradient flowing into the loss: a scalar for ``'mean'`` and ``'sum'``, an array of
+        shape ``(N,)`` for ``'none'``.
+    chunk_size, n_threads
+        As in :func:`linear_cross_entropy`.
+
+    Returns
+    -------
+    loss : numpy scalar or ndarray
+        As :func:`linear_cross_entropy`.
+    grad_hidden : ndarray
+        ``d(grad_output * loss) / d hidden``, shape ``(N, H)``.
+    grad_weight : ndarray
+        ``d(grad_output * loss) / d weight``, shape ``(V, H)``.
+    grad_bias : ndarray
+        ``d(grad_output * loss) / d bias``, shape ``(V,)``; returned only when ``bias`` is given.
+
+    Raises
+    ------
+    IndexError, ValueError, TypeError
+        As :func:`linear_cross_entropy`; ``ValueError`` also if ``grad_output`` has the wrong
+        shape.
+
+    See Also
+    --------
+    linear_cross_entropy, cross_entropy_with_grad
+
+    Notes
+    -----
+    The gradients have the dtype of the computation: float32 when ``hidden`` and ``weight`` are
+    both float32, else float64 (float16 inputs give float16).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastxent as fx
+    >>> h = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> w = np.array([[1.0, 2.0], [3.0, 0.0], [0.0, 1.0]])
+    >>> loss, grad_h, grad_w, grad_b = fx.linear_cross_entropy_with_grad(
+    ...     h, w, [0, 2], bias=np.zeros(3))
+    >>> grad_h
+    array([[ 0.8227897 , -0.86479977],
+           [ 0.46766634,  0.28760519]])
+    >>> grad_b
+    array([-0.11028192,  0.46691265, -0.35663073])
     """
     return _linear_call(hidden, weight, target, bias, ignore_index, reduction, label_smoothing,
                         z_loss, softcap, chunk_size, n_threads, with_grad=True,

@@ -286,13 +286,58 @@ class _Partial:
 def cross_entropy(input: Any, target: Any, *, weight: Any = None,
                   ignore_index: int = check.IGNORE_INDEX_DEFAULT, reduction: str = "mean",
                   label_smoothing: float = 0.0, n_threads: int | None = None) -> da.Array:
-    """``fastxent.cross_entropy`` (as ``torch.nn.functional.cross_entropy``) of a dask array
-    chunked along rows (axis 0 and the axes after the class axis 1); a lazy 0-d array for
-    ``mean``/``sum``, per-row losses chunked like the rows for ``none``.
+    """:func:`fastxent.cross_entropy` of a dask array, lazily.
 
+    Each block of rows runs the kernel once. ``mean`` and ``sum`` add per-block float64 sums of the
+    row losses, so they equal the in-memory result to an ulp or two of summation order; per-row
+    losses are the same bits.
+
+    Parameters
+    ----------
+    input : dask.array.Array or array_like
+        The logits, ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``, chunked along rows (axis 0
+        and the axes after the class axis 1); the class axis is rechunked to one chunk if it is
+        not.
+    target : dask.array.Array or array_like
+        Class indices of shape ``(N, d1, ..., dK)`` or class probabilities of ``input``'s shape,
+        as in :func:`fastxent.cross_entropy`.
+    weight : array_like, optional
+        Class weights, shape ``(C,)``.
+    ignore_index : int, default -100
+        A class index whose rows contribute nothing (class indices only).
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+        As in :func:`fastxent.cross_entropy`.
+    label_smoothing : float, default 0.0
+        In ``[0, 1]``, as in :func:`fastxent.cross_entropy`.
+    n_threads : int, optional
+        Threads per block's kernel call. None gives each block ``max(1, threads // blocks)``,
+        ``threads`` being what OpenMP may use on the worker, so dask's own workers are not
+        oversubscribed.
+
+    Returns
+    -------
+    dask.array.Array
+        0-d for ``'mean'`` and ``'sum'``; for ``'none'`` the per-row losses, chunked like the
+        rows.
+
+    Raises
+    ------
+    IndexError, ValueError, TypeError
+        As :func:`fastxent.cross_entropy`.
+        Shapes, dtypes and options are checked when the graph is built, class indices
+        when their block is computed.
+
+    See Also
+    --------
+    cross_entropy_with_grad, fastxent.cross_entropy
+
+    Examples
+    --------
     >>> import dask.array as da
+    >>> import numpy as np
+    >>> import fastxent.dask as fxd
     >>> x = da.from_array(np.array([[1., 2., 3.], [2., 1., 3.], [3., 2., 1.]]), chunks=(2, 3))
-    >>> round(float(cross_entropy(x, np.array([0, 1, 2])).compute()), 12)  # blocks: ulps apart
+    >>> round(float(fxd.cross_entropy(x, np.array([0, 1, 2])).compute()), 12)
     2.407605964444
     """
     return _torch_call(input, target, weight, ignore_index, reduction, label_smoothing, 1.0,
@@ -303,12 +348,52 @@ def cross_entropy_with_grad(input: Any, target: Any, *, weight: Any = None,
                             ignore_index: int = check.IGNORE_INDEX_DEFAULT, reduction: str = "mean",
                             label_smoothing: float = 0.0, grad_output: Any = 1.0,
                             n_threads: int | None = None) -> tuple[da.Array, da.Array]:
-    """``(loss, grad)`` as ``fastxent.cross_entropy_with_grad``, lazily: ``grad`` is chunked like
-    ``input`` (class axis in one chunk), and loss and gradient of a block come from one kernel
-    call when computed together (``da.compute(loss, grad)`` or one ``da.store``).
+    """``(loss, grad)`` as :func:`fastxent.cross_entropy_with_grad`, lazily.
 
-    ``grad_output`` is a scalar for ``mean``/``sum``; for ``none`` a scalar or an array
-    (NumPy or dask) broadcastable to the loss's shape.
+    The loss and the gradient of a block come from one kernel call when they are computed together
+    (``da.compute(loss, grad)``, or one ``da.store``).
+
+    Parameters
+    ----------
+    input, target, weight, ignore_index, reduction, label_smoothing
+        As in :func:`cross_entropy`.
+    grad_output : array_like or dask.array.Array, default 1.0
+        A scalar for ``'mean'`` and ``'sum'``; for ``'none'`` a scalar or an array broadcastable
+        to the loss's shape.
+    n_threads : int, optional
+        Threads per block's kernel call. None gives each block ``max(1, threads // blocks)``,
+        ``threads`` being what OpenMP may use on the worker, so dask's own workers are not
+        oversubscribed.
+
+    Returns
+    -------
+    loss : dask.array.Array
+        As :func:`cross_entropy`.
+    grad : dask.array.Array
+        The gradient, chunked like ``input`` (class axis in one chunk); the same bits as in
+        memory.
+
+    Raises
+    ------
+    IndexError, ValueError, TypeError
+        As :func:`fastxent.cross_entropy_with_grad`.
+        Shapes, dtypes and options are checked when the graph is built, class indices
+        when their block is computed.
+
+    See Also
+    --------
+    cross_entropy, fastxent.cross_entropy_with_grad
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> import numpy as np
+    >>> import fastxent.dask as fxd
+    >>> x = da.from_array(np.array([[1., 2., 3.], [2., 1., 3.], [3., 2., 1.]]), chunks=(2, 3))
+    >>> loss, grad = fxd.cross_entropy_with_grad(x, np.array([0, 1, 2]))
+    >>> loss, grad = da.compute(loss, grad)
+    >>> grad[0]
+    array([-0.30332314,  0.08157616,  0.22174699])
     """
     return _torch_call(input, target, weight, ignore_index, reduction, label_smoothing,
                        grad_output, n_threads, with_grad=True)
@@ -356,27 +441,163 @@ def _tf_dense_block(x: np.ndarray, labels: np.ndarray, *, call: Callable, axis: 
 
 def softmax_cross_entropy_with_logits(labels: Any, logits: Any, axis: int = -1, *,
                                       n_threads: int | None = None) -> da.Array:
-    """Per-example loss with dense labels, as ``tf.nn.softmax_cross_entropy_with_logits``; lazy."""
+    """Per-example loss as :func:`fastxent.softmax_cross_entropy_with_logits`, lazily.
+
+    Parameters
+    ----------
+    labels : dask.array.Array or array_like
+        Class probabilities, of ``logits``' shape.
+    logits : dask.array.Array or array_like
+        The logits, chunked along rows (the class axis is rechunked to one chunk if needed).
+    axis : int, default -1
+        The class axis.
+    n_threads : int, optional
+        Threads per block's kernel call. None gives each block ``max(1, threads // blocks)``,
+        ``threads`` being what OpenMP may use on the worker, so dask's own workers are not
+        oversubscribed.
+
+    Returns
+    -------
+    dask.array.Array
+        The loss of each row, chunked like the rows.
+
+    Raises
+    ------
+    IndexError, ValueError, TypeError
+        As :func:`fastxent.softmax_cross_entropy_with_logits`.
+        Shapes, dtypes and options are checked when the graph is built, class indices
+        when their block is computed.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> import numpy as np
+    >>> import fastxent.dask as fxd
+    >>> x = da.from_array(np.array([[1., 2., 3.], [2., 1., 3.], [3., 2., 1.]]), chunks=(2, 3))
+    >>> fxd.softmax_cross_entropy_with_logits(np.eye(3), x).compute()
+    array([2.40760596, 2.40760596, 2.40760596])
+    """
     return _tf_call(labels, logits, axis, n_threads, with_grad=False, sparse=False)
 
 
 def softmax_cross_entropy_with_logits_and_grad(labels: Any, logits: Any, axis: int = -1, *,
                                                n_threads: int | None = None):
-    """``(loss, backprop)``, lazily, as ``fastxent.softmax_cross_entropy_with_logits_and_grad``."""
+    """``(loss, backprop)`` as :func:`fastxent.softmax_cross_entropy_with_logits_and_grad`, lazily.
+
+    Parameters
+    ----------
+    labels, logits, axis
+        As in :func:`softmax_cross_entropy_with_logits`.
+    n_threads : int, optional
+        Threads per block's kernel call. None gives each block ``max(1, threads // blocks)``,
+        ``threads`` being what OpenMP may use on the worker, so dask's own workers are not
+        oversubscribed.
+
+    Returns
+    -------
+    loss : dask.array.Array
+        The loss of each row, chunked like the rows.
+    backprop : dask.array.Array
+        The gradient, chunked like ``logits`` (class axis in one chunk).
+
+    Raises
+    ------
+    IndexError, ValueError, TypeError
+        As :func:`fastxent.softmax_cross_entropy_with_logits_and_grad`.
+        Shapes, dtypes and options are checked when the graph is built, class indices
+        when their block is computed.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> import numpy as np
+    >>> import fastxent.dask as fxd
+    >>> x = da.from_array(np.array([[1., 2., 3.], [2., 1., 3.], [3., 2., 1.]]), chunks=(2, 3))
+    >>> loss, backprop = fxd.softmax_cross_entropy_with_logits_and_grad(np.eye(3), x)
+    >>> backprop.compute()[0]
+    array([-0.90996943,  0.24472847,  0.66524096])
+    """
     return _tf_call(labels, logits, axis, n_threads, with_grad=True, sparse=False)
 
 
 def sparse_softmax_cross_entropy_with_logits(labels: Any, logits: Any, *,
                                              n_threads: int | None = None) -> da.Array:
-    """Per-example loss with class-index labels, as
-    ``tf.nn.sparse_softmax_cross_entropy_with_logits``; lazy."""
+    """Per-example loss as :func:`fastxent.sparse_softmax_cross_entropy_with_logits`, lazily.
+
+    Parameters
+    ----------
+    labels : dask.array.Array or array_like of int
+        Class indices in ``[0, C)``, of shape ``logits.shape[:-1]``.
+    logits : dask.array.Array or array_like
+        The logits, classes on the last axis, chunked along rows.
+    n_threads : int, optional
+        Threads per block's kernel call. None gives each block ``max(1, threads // blocks)``,
+        ``threads`` being what OpenMP may use on the worker, so dask's own workers are not
+        oversubscribed.
+
+    Returns
+    -------
+    dask.array.Array
+        The loss of each row, chunked like the rows.
+
+    Raises
+    ------
+    IndexError, ValueError, TypeError
+        As :func:`fastxent.sparse_softmax_cross_entropy_with_logits`.
+        Shapes, dtypes and options are checked when the graph is built, class indices
+        when their block is computed.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> import numpy as np
+    >>> import fastxent.dask as fxd
+    >>> x = da.from_array(np.array([[1., 2., 3.], [2., 1., 3.], [3., 2., 1.]]), chunks=(2, 3))
+    >>> fxd.sparse_softmax_cross_entropy_with_logits(np.array([0, 1, 2]), x).compute()
+    array([2.40760596, 2.40760596, 2.40760596])
+    """
     return _tf_call(labels, logits, -1, n_threads, with_grad=False, sparse=True)
 
 
 def sparse_softmax_cross_entropy_with_logits_and_grad(labels: Any, logits: Any, *,
                                                       n_threads: int | None = None):
     """``(loss, backprop)``, lazily, as
-    ``fastxent.sparse_softmax_cross_entropy_with_logits_and_grad``."""
+    :func:`fastxent.sparse_softmax_cross_entropy_with_logits_and_grad`.
+
+    Parameters
+    ----------
+    labels, logits
+        As in :func:`sparse_softmax_cross_entropy_with_logits`.
+    n_threads : int, optional
+        Threads per block's kernel call. None gives each block ``max(1, threads // blocks)``,
+        ``threads`` being what OpenMP may use on the worker, so dask's own workers are not
+        oversubscribed.
+
+    Returns
+    -------
+    loss : dask.array.Array
+        The loss of each row, chunked like the rows.
+    backprop : dask.array.Array
+        The gradient, chunked like ``logits`` (class axis in one chunk).
+
+    Raises
+    ------
+    IndexError, ValueError, TypeError
+        As :func:`fastxent.sparse_softmax_cross_entropy_with_logits_and_grad`.
+        Shapes, dtypes and options are checked when the graph is built, class indices
+        when their block is computed.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> import numpy as np
+    >>> import fastxent.dask as fxd
+    >>> x = da.from_array(np.array([[1., 2., 3.], [2., 1., 3.], [3., 2., 1.]]), chunks=(2, 3))
+    >>> loss, backprop = fxd.sparse_softmax_cross_entropy_with_logits_and_grad(
+    ...     np.array([0, 1, 2]), x)
+    >>> backprop.compute()[0]
+    array([-0.90996943,  0.24472847,  0.66524096])
+    """
     return _tf_call(labels, logits, -1, n_threads, with_grad=True, sparse=True)
 
 
@@ -406,15 +627,96 @@ def _normaliser_block(x: np.ndarray, *, fn: Callable, axis: int, n_threads: int 
 
 
 def softmax(x: Any, axis: int = -1, *, n_threads: int | None = None) -> da.Array:
-    """``fastxent.softmax`` along ``axis`` (rechunked to one chunk), lazily."""
+    """:func:`fastxent.softmax` along ``axis``, lazily.
+
+    Parameters
+    ----------
+    x : dask.array.Array or array_like
+        The logits.
+    axis : int, default -1
+        The class axis (rechunked to one chunk).
+    n_threads : int, optional
+        Threads per block's kernel call. None gives each block ``max(1, threads // blocks)``,
+        ``threads`` being what OpenMP may use on the worker, so dask's own workers are not
+        oversubscribed.
+
+    Returns
+    -------
+    dask.array.Array
+        The probabilities, of ``x``'s shape and chunks.
+
+    Raises
+    ------
+    ValueError, TypeError
+        For the inputs :func:`fastxent.softmax` rejects, when the graph is built.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> import numpy as np
+    >>> import fastxent.dask as fxd
+    >>> x = da.from_array(np.array([[1., 2., 3.], [2., 1., 3.], [3., 2., 1.]]), chunks=(2, 3))
+    >>> fxd.softmax(x).compute()[0]
+    array([0.09003057, 0.24472847, 0.66524096])
+    """
     return _normaliser(_api.softmax, x, axis, n_threads, keep_axis=True)
 
 
 def log_softmax(x: Any, axis: int = -1, *, n_threads: int | None = None) -> da.Array:
-    """``fastxent.log_softmax`` along ``axis`` (rechunked to one chunk), lazily."""
+    """:func:`fastxent.log_softmax` along ``axis``, lazily.
+
+    Parameters
+    ----------
+    x, axis, n_threads
+        As in :func:`softmax`.
+
+    Returns
+    -------
+    dask.array.Array
+        The log-probabilities, of ``x``'s shape and chunks.
+
+    Raises
+    ------
+    ValueError, TypeError
+        For the inputs :func:`fastxent.log_softmax` rejects, when the graph is built.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> import numpy as np
+    >>> import fastxent.dask as fxd
+    >>> x = da.from_array(np.array([[1., 2., 3.], [2., 1., 3.], [3., 2., 1.]]), chunks=(2, 3))
+    >>> fxd.log_softmax(x).compute()[0]
+    array([-2.40760596, -1.40760596, -0.40760596])
+    """
     return _normaliser(_api.log_softmax, x, axis, n_threads, keep_axis=True)
 
 
 def logsumexp(x: Any, axis: int = -1, *, n_threads: int | None = None) -> da.Array:
-    """``fastxent.logsumexp`` along ``axis`` (rechunked to one chunk), lazily; ``axis`` dropped."""
+    """:func:`fastxent.logsumexp` along ``axis``, lazily.
+
+    Parameters
+    ----------
+    x, axis, n_threads
+        As in :func:`softmax`.
+
+    Returns
+    -------
+    dask.array.Array
+        Of ``x``'s shape without ``axis``.
+
+    Raises
+    ------
+    ValueError, TypeError
+        For the inputs :func:`fastxent.logsumexp` rejects, when the graph is built.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> import numpy as np
+    >>> import fastxent.dask as fxd
+    >>> x = da.from_array(np.array([[1., 2., 3.], [2., 1., 3.], [3., 2., 1.]]), chunks=(2, 3))
+    >>> fxd.logsumexp(x).compute()[0]
+    np.float64(3.40760596444438)
+    """
     return _normaliser(_api.logsumexp, x, axis, n_threads, keep_axis=False)

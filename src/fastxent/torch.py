@@ -163,7 +163,7 @@ def _covered(input: Tensor, target: Tensor, weight: Tensor | None) -> bool:
 
 def _label_smoothing(value: float) -> float:
     """PyTorch's reading: a bool is 0 or 1, above 1 is its RuntimeError; below 0 (and NaN),
-    which PyTorch reads as 0 for class indices, is fastxent's ValueError (see the README)."""
+    which PyTorch reads as 0 for class indices, is fastxent's ValueError (docs/coming-from.md)."""
     if isinstance(value, (bool, np.bool_)):
         value = float(value)
     if isinstance(value, numbers.Real) and value > 1.0:
@@ -175,18 +175,64 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
                   size_average: bool | None = None, ignore_index: int = -100,
                   reduce: bool | None = None, reduction: str = "mean",
                   label_smoothing: float = 0.0) -> Tensor:
-    """Cross-entropy of logits: ``torch.nn.functional.cross_entropy``, same signature and result.
+    """Cross-entropy of logits, as ``torch.nn.functional.cross_entropy`` (same signature, result).
 
-    ``input`` is ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``; ``target`` holds class indices
-    (any integer dtype, shape ``(N, d1, ..., dK)``) or class probabilities (input's shape).
-    CPU float32/float64 tensors run through fastxent's fused kernel with ``torch.get_num_threads()``
-    threads; everything else through PyTorch.
+    CPU float32 and float64 tensors run through fastxent's fused kernel with
+    ``torch.get_num_threads()`` threads, and the loss carries the gradient computed with it;
+    everything else (other devices and dtypes, a weight or probability target that requires grad,
+    calls PyTorch rejects) runs through PyTorch's own ``F.cross_entropy``.
 
+    Parameters
+    ----------
+    input : torch.Tensor
+        The logits: ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``, classes on axis 1 (axis 0
+        for 1-D input).
+    target : torch.Tensor
+        Class indices (int64 or uint8, shape ``(N, d1, ..., dK)``) or class probabilities
+        (floating, ``input``'s shape).
+    weight : torch.Tensor, optional
+        Class weights, shape ``(C,)``.
+    size_average : bool, optional
+        PyTorch's deprecated form of ``reduction``, read as PyTorch reads it.
+    ignore_index : int, default -100
+        A class index whose rows contribute nothing (class indices only).
+    reduce : bool, optional
+        PyTorch's deprecated form of ``reduction``, read as PyTorch reads it.
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+        As in ``torch.nn.functional.cross_entropy``.
+    label_smoothing : float, default 0.0
+        In ``[0, 1]``: the target mixed with the uniform distribution.
+
+    Returns
+    -------
+    torch.Tensor
+        The loss: 0-d for ``'mean'`` and ``'sum'``, shape ``(N, d1, ..., dK)`` for ``'none'``;
+        autograd-aware (no double backward).
+
+    Raises
+    ------
+    ValueError
+        If ``weight`` is negative, NaN or infinite, or ``label_smoothing`` negative or NaN
+        (PyTorch computes with them).
+    RuntimeError
+        PyTorch's own errors, for calls that PyTorch rejects; and a backward pass with
+        ``create_graph=True`` through the loss.
+
+    See Also
+    --------
+    CrossEntropyLoss : The module form.
+    fastxent.cross_entropy : The same on NumPy arrays.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import fastxent.torch as fxt
     >>> x = torch.tensor([[1., 2., 3.], [2., 1., 3.], [3., 2., 1.]], requires_grad=True)
-    >>> loss = cross_entropy(x, torch.tensor([0, 1, 2]))
+    >>> loss = fxt.cross_entropy(x, torch.tensor([0, 1, 2]))
     >>> loss
     tensor(2.4076, grad_fn=<_CrossEntropyBackward>)
-    >>> loss.backward(); x.grad[0]
+    >>> loss.backward()
+    >>> x.grad[0]
     tensor([-0.3033,  0.0816,  0.2217])
     """
     if size_average is not None or reduce is not None:  # PyTorch's deprecated arguments
@@ -207,14 +253,61 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
 
 
 class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
-    """``torch.nn.CrossEntropyLoss`` (same arguments, buffers and state dict) computed by
-    :func:`cross_entropy`.
+    """``torch.nn.CrossEntropyLoss`` computed by :func:`cross_entropy`.
 
-    >>> loss_fn = CrossEntropyLoss(label_smoothing=0.1)
+    The same arguments, buffers and state dict as PyTorch's module, so it can replace it in a
+    model or a checkpoint.
+
+    Parameters
+    ----------
+    weight : torch.Tensor, optional
+        Class weights, shape ``(C,)`` (a buffer of the module).
+    size_average : bool, optional
+        PyTorch's deprecated form of ``reduction``.
+    ignore_index : int, default -100
+        A class index whose rows contribute nothing.
+    reduce : bool, optional
+        PyTorch's deprecated form of ``reduction``.
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+        As in ``torch.nn.CrossEntropyLoss``.
+    label_smoothing : float, default 0.0
+        In ``[0, 1]``.
+
+    See Also
+    --------
+    cross_entropy
+
+    Examples
+    --------
+    >>> import torch
+    >>> import fastxent.torch as fxt
+    >>> loss_fn = fxt.CrossEntropyLoss(label_smoothing=0.1)
     >>> loss_fn(torch.tensor([[1., 2., 3.]], dtype=torch.float64), torch.tensor([2]))
     tensor(0.5076, dtype=torch.float64)
     """
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        """The loss: :func:`cross_entropy` with the module's arguments.
+
+        Parameters
+        ----------
+        input : torch.Tensor
+            The logits, ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``.
+        target : torch.Tensor
+            Class indices or class probabilities.
+
+        Returns
+        -------
+        torch.Tensor
+            As :func:`cross_entropy`.
+
+        Examples
+        --------
+        >>> import torch
+        >>> import fastxent.torch as fxt
+        >>> loss_fn = fxt.CrossEntropyLoss(reduction="none")
+        >>> loss_fn.forward(torch.tensor([[1., 2., 3.], [3., 2., 1.]]), torch.tensor([2, 2]))
+        tensor([0.4076, 2.4076])
+        """
         return cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
                              reduction=self.reduction, label_smoothing=self.label_smoothing)
