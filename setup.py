@@ -73,7 +73,7 @@ if PURE_PYTHON_BUILD and REQUIRE_EXTENSION:
 KERNELS = "src/fastxent/_kernels_c.pyx"
 # the C headers the kernels include (a change to one rebuilds the extension)
 HEADERS = ["_math.h", "_rows.h", "_type_kernels.h", "_elements_template.h", "_loops_template.h",
-           "_exp_simd.h", "_rows_template.h"]
+           "_exp_simd.h", "_stream_simd.h", "_rows_template.h"]
 # Cython's directives, here and not in the .pyx, so that the checked build changes them without
 # touching a source: the kernels index memoryviews only within the shapes the API validated.
 DIRECTIVES = {"language_level": 3, "boundscheck": False, "wraparound": False,

@@ -229,6 +229,22 @@ def test_in_place_results_are_bitwise_the_out_of_place_ones(backend, dtype, name
         np.testing.assert_array_equal(a, b)
 
 
+
+@pytest.mark.parametrize("name", list(IN_PLACE_CALLS))
+def test_streamed_outputs_are_bitwise_the_in_place_ones(backend, dtype, name):
+    # Note [streamed gradient]: rows of 4096 classes or more of an output of 16 MiB or more are
+    # written from a scratch row with non-temporal stores, unless in place
+    shape = ((16 << 20) // (4096 * np.dtype(dtype).itemsize), 4096)
+    call = IN_PLACE_CALLS[name]
+    x = np.random.default_rng(5).standard_normal(shape).astype(dtype) * 4
+    x[::7, 2] = x[::7].max(axis=1) + 30  # label 2 at the maximum: tiny losses
+    x.reshape(-1)[::1009] = -np.inf
+    expected = call(x.copy(), None)
+    work = x.copy()
+    got = call(work, work)
+    for a, b in zip(_flat(got), _flat(expected)):
+        np.testing.assert_array_equal(a, b)
+
 # ------------------------------------------------------------------------------------------
 # Memory: flat over 100,000 calls; MemoryError when the output cannot be allocated
 # ------------------------------------------------------------------------------------------

@@ -142,6 +142,28 @@ static void FX_LNAME(fx_row_scale)(FX_T *g, ptrdiff_t n, double factor)
     for (i = 0; i < n; i++) g[i] = (FX_T)((double)g[i] * factor);
 }
 
+/* g[i] = e[i] * factor (g does not overlap e), with non-temporal stores on AVX2 and AVX-512
+ * (Note [streamed gradient]): the bits of fx_row_scale */
+#if FX_ISA_LEVEL != FX_ISA_BASELINE
+#include "_stream_simd.h"
+#endif
+static void FX_LNAME(fx_row_scale_stream)(const FX_T *e, FX_T *g, ptrdiff_t n, double factor)
+{
+    ptrdiff_t i = 0;
+#ifdef FX_STREAM_STEP
+    for (; i < n && (size_t)(g + i) % FX_STREAM_ALIGN != 0; i++)
+        g[i] = (FX_T)((double)e[i] * factor);
+    for (; i + FX_STREAM_STEP <= n; i += FX_STREAM_STEP)
+        FX_LNAME(fx_stream_scale_block)(e + i, g + i, factor);
+#endif
+    for (; i < n; i++) g[i] = (FX_T)((double)e[i] * factor);
+#ifdef FX_STREAM_STEP
+    _mm_sfence(); /* the streamed stores are weakly ordered: visible before the row is done */
+#undef FX_STREAM_STEP
+#undef FX_STREAM_ALIGN
+#endif
+}
+
 /* sum k w_i (x_i / 2 - m / 2) over i with w_i != 0 (all w_i = 1 when w is NULL): half the
  * label-smoothing term k sum w_i (x_i - m), scaled term by term, so that it overflows only where
  * the loss does (x_i - m alone overflows for logits of both signs near the largest double) */

@@ -106,9 +106,9 @@ static void FX_NAME(fx_logsumexp_tile)(const FX_T *x, ptrdiff_t rs, ptrdiff_t cs
 }
 
 /* softmax, or log_softmax as (x - m) - log s (m + log s would round log s away near the
- * maximum); out may be x */
+ * maximum); out may be x; scratch: a row of n elements for Note [streamed gradient], or NULL */
 static void FX_NAME(fx_softmax_row)(const FX_T *x, ptrdiff_t n, ptrdiff_t xs, FX_T *out,
-                                    ptrdiff_t os, int log_output)
+                                    ptrdiff_t os, int log_output, FX_T *scratch)
 {
     double m = FX_NAME(fx_max)(x, n, xs), log_s;
     ptrdiff_t c;
@@ -119,6 +119,10 @@ static void FX_NAME(fx_softmax_row)(const FX_T *x, ptrdiff_t n, ptrdiff_t xs, FX
     if (log_output) {
         log_s = log1p(FX_NAME(fx_sum_rest)(x, n, xs, m, NULL, 0));
         for (c = 0; c < n; c++) out[c * os] = (FX_T)(((double)x[c * xs] - m) - log_s);
+    } else if (scratch != NULL && xs == 1 && os == 1 && (const FX_T *)out != x) {
+        /* Note [streamed gradient] */
+        double s_rest = FX_NAME(fx_sum_rest)(x, n, xs, m, scratch, 1);
+        FX_LOOP(fx_row_scale_stream)(scratch, out, n, 1.0 / (1.0 + s_rest));
     } else {
         double s_rest = FX_NAME(fx_sum_rest)(x, n, xs, m, out, os);
         FX_NAME(fx_scale)(out, n, os, 1.0 / (1.0 + s_rest));
@@ -150,13 +154,19 @@ static void FX_NAME(fx_softmax_tile)(const FX_T *x, ptrdiff_t rs, ptrdiff_t cs, 
 /* Loss and gradient of one row with class index y (in range):
  *   loss = (1 - eps) w_y (lse - x_y) + (eps / C) sum_c w_c (lse - x_c) [+ z lse^2]
  * and g = grad_coef d loss / d x (g NULL for the loss alone; g may be x). The z-loss term
- * (gradient 2 z lse p) only changes coefficients, and only when z_loss != 0. */
+ * (gradient 2 z lse p) only changes coefficients, and only when z_loss != 0. scratch: a row of
+ * n elements for Note [streamed gradient], or NULL. */
 static void FX_NAME(fx_sparse_row_plain)(const FX_T *x, ptrdiff_t n, ptrdiff_t xs, ptrdiff_t y,
                                    const double *weight, double weight_sum, double smoothing,
                                    double *loss, FX_T *g, ptrdiff_t gs, double grad_coef,
-                                   double z_loss)
+                                   double z_loss, FX_T *scratch)
 {
     double m = FX_NAME(fx_max)(x, n, xs);
+    /* Note [streamed gradient]: exp(x - m) into the scratch row (n elements, or NULL), the
+     * gradient streamed from it, where g is a contiguous row apart from x */
+    int stream = scratch != NULL && g != NULL && smoothing == 0.0 && xs == 1 && gs == 1 &&
+                 (const FX_T *)g != x;
+    FX_T *e = stream ? scratch : g;
     FX_T x_y = x[y * xs]; /* read now: the gradient may overwrite x (in place) */
     double w_y = weight != NULL ? weight[y] : 1.0;
     double s_rest, log_s, inv_s, half_nll, p_y, p_y_minus_1, smooth_dot = 0.0;
@@ -179,7 +189,7 @@ static void FX_NAME(fx_sparse_row_plain)(const FX_T *x, ptrdiff_t n, ptrdiff_t x
             }
         }
     }
-    s_rest = FX_NAME(fx_sum_rest)(x, n, xs, m, g, gs);
+    s_rest = FX_NAME(fx_sum_rest)(x, n, xs, m, e, gs);
     log_s = log1p(s_rest);
     /* Note [smoothing sum]: the label's term in halves, doubled (x_y - m overflows for logits
      * of both signs near the largest double, a small w_y times it need not) */
@@ -207,14 +217,17 @@ static void FX_NAME(fx_sparse_row_plain)(const FX_T *x, ptrdiff_t n, ptrdiff_t x
         p_y = inv_s;
         p_y_minus_1 = -s_rest * inv_s;
     } else {
-        p_y = (double)g[y * gs] * inv_s;
+        p_y = (double)e[y * gs] * inv_s;
         p_y_minus_1 = p_y - 1.0;
     }
     /* g_c = coef (A p_c - k w_c) for c != y, with A = (1 - eps) w_y + (eps / C) W, k = eps / C */
     k_coef = smoothing / n;
     a_coef = (1.0 - smoothing) * w_y + k_coef * weight_sum;
     if (z_loss != 0.0) a_coef = a_coef + z_coef;
-    if (smoothing == 0.0) {
+    if (stream) {
+        FX_LOOP(fx_row_scale_stream)(e, g, n,
+                                     grad_coef * (z_loss != 0.0 ? w_y + z_coef : w_y) * inv_s);
+    } else if (smoothing == 0.0) {
         FX_NAME(fx_scale)(g, n, gs, grad_coef * (z_loss != 0.0 ? w_y + z_coef : w_y) * inv_s);
     } else if (gs == 1) {
         FX_LOOP(fx_row_smooth_grad)(g, n, grad_coef * a_coef * inv_s, grad_coef * k_coef, weight);
@@ -552,18 +565,19 @@ static void FX_NAME(fx_dense_row_capped)(const FX_T *x, ptrdiff_t n, ptrdiff_t x
 
 /* ---- the rows of sparse_xent and dense_xent ----------------------------------------------- */
 
-/* One row with class index y: the plain row, or the capped one when softcap > 0 */
+/* One row with class index y: the plain row, or the capped one when softcap > 0 (scratch: see
+ * fx_sparse_row_plain) */
 static void FX_NAME(fx_sparse_row)(const FX_T *x, ptrdiff_t n, ptrdiff_t xs, ptrdiff_t y,
                                    const double *weight, double weight_sum, double smoothing,
                                    double z_loss, double softcap, double *loss, FX_T *g,
-                                   ptrdiff_t gs, double grad_coef)
+                                   ptrdiff_t gs, double grad_coef, FX_T *scratch)
 {
     if (softcap != 0.0)
         FX_NAME(fx_sparse_row_capped)(x, n, xs, y, weight, weight_sum, smoothing, z_loss, softcap,
                                       loss, g, gs, grad_coef);
     else
         FX_NAME(fx_sparse_row_plain)(x, n, xs, y, weight, weight_sum, smoothing, loss, g, gs,
-                                     grad_coef, z_loss);
+                                     grad_coef, z_loss, scratch);
 }
 
 /* One row with label mass t: the plain row, or the capped one when softcap > 0 */
