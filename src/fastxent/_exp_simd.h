@@ -1,8 +1,9 @@
 /*
  * The exp sums of float32 rows in float lanes (16 per AVX-512 vector, 8 per AVX2 one), for
- * _loops_template.h: fx_exp_sum_span_f32_avx512 and fx_exp_sum_span_f32_avx2, with the contract
- * of the portable fx_exp_sum_span (which the baseline runs). Included inside the ISA's target
- * region, for float data only.
+ * _loops_template.h: fx_exp_sum_span_f32_avx512 and _avx2, with the contract of the portable
+ * fx_exp_sum_span (which the baseline runs), and the tiles' fx_tile_exp_sums_f32_avx512 and
+ * _avx2 (16 rows across the lanes). Included inside the ISA's target region, for float data
+ * only.
  *
  * Note [f32 exp in float lanes]: each term e = exp(x - m) is computed in float arithmetic to
  * within 0.6 * 2^-24 of its value (the float32 loss bound, 0.5 ulp + 2^24 times the terms'
@@ -119,6 +120,56 @@ FX_SAME_BITS_FOR_EVERY_CALLER static void FX_LNAME(fx_exp_sum_span)(
         count_io[j] += count_lanes[j];
     }
 }
+/* fx_tile_stats' exp sums in float lanes, 16 rows per vector: for each class c < n_classes,
+ * acc[r] += exp(xt[c][r] - mt[r]) where xt[c][r] != mt[r], count[r] += (xt[c][r] == mt[r]), and
+ * et[c][r] = exp(xt[c][r] - mt[r]) rounded to float; acc and count as the span's */
+static void FX_LNAME(fx_tile_exp_sums)(const float (*xt)[FX_TILE], ptrdiff_t n_classes,
+                                       const float *mt, double *acc, double *count,
+                                       float (*et)[FX_TILE])
+{
+    const __m512 mf = _mm512_loadu_ps(mt), neg_m = _mm512_sub_ps(_mm512_setzero_ps(), mf);
+    const __m512 ones = _mm512_set1_ps(1.0f), fast_min = _mm512_set1_ps(FX_F32_FAST_MIN);
+    __m512d acc0 = _mm512_loadu_pd(acc), acc1 = _mm512_loadu_pd(acc + 8);
+    __m512 l_sum = _mm512_setzero_ps(), cnt = _mm512_setzero_ps();
+    float l_lanes[FX_TILE], count_lanes[FX_TILE];
+    ptrdiff_t c;
+    int r;
+    for (c = 0; c < n_classes; c++) {
+        __m512 xv = _mm512_loadu_ps(xt[c]), d_hi = _mm512_sub_ps(xv, mf), h, counted;
+        __mmask16 at_max = _mm512_cmp_ps_mask(xv, mf, _CMP_EQ_OQ);
+        if (_mm512_cmp_ps_mask(d_hi, fast_min, _CMP_NGE_UQ) == 0) {
+            __m512 b_part = _mm512_sub_ps(d_hi, xv); /* TwoSum(x, -m) */
+            __m512 d_lo = _mm512_add_ps(_mm512_sub_ps(xv, _mm512_sub_ps(d_hi, b_part)),
+                                        _mm512_sub_ps(neg_m, b_part));
+            __m512 l;
+            fx_exp_terms_avx512(d_hi, d_lo, &h, &l);
+            l_sum = _mm512_add_ps(l_sum, l);
+            counted = _mm512_maskz_mov_ps((__mmask16)~at_max, h);
+            acc0 = _mm512_add_pd(acc0, _mm512_cvtps_pd(_mm512_castps512_ps256(counted)));
+            acc1 = _mm512_add_pd(acc1, _mm512_cvtps_pd(_mm512_extractf32x8_ps(counted, 1)));
+        } else { /* a term below 2^-125, -inf or NaN: the double exp */
+            double v[FX_TILE];
+            for (r = 0; r < FX_TILE; r++)
+                v[r] = (double)xt[c][r] == (double)mt[r]
+                           ? 0.0 : fx_exp_shifted_f32(xt[c][r], mt[r]);
+            acc0 = _mm512_add_pd(acc0, _mm512_loadu_pd(v));
+            acc1 = _mm512_add_pd(acc1, _mm512_loadu_pd(v + 8));
+            h = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(_mm512_loadu_pd(v))),
+                                   _mm512_cvtpd_ps(_mm512_loadu_pd(v + 8)), 1);
+            h = _mm512_mask_mov_ps(h, at_max, ones);
+        }
+        cnt = _mm512_mask_add_ps(cnt, at_max, cnt, ones);
+        _mm512_storeu_ps(et[c], h);
+    }
+    _mm512_storeu_pd(acc, acc0);
+    _mm512_storeu_pd(acc + 8, acc1);
+    _mm512_storeu_ps(l_lanes, l_sum);
+    _mm512_storeu_ps(count_lanes, cnt);
+    for (r = 0; r < FX_TILE; r++) {
+        acc[r] += (double)l_lanes[r] * 0x1p-64;
+        count[r] += count_lanes[r];
+    }
+}
 #endif
 
 #if FX_ISA_LEVEL == FX_ISA_AVX2
@@ -223,6 +274,59 @@ FX_SAME_BITS_FOR_EVERY_CALLER static void FX_LNAME(fx_exp_sum_span)(
     for (j = 0; j < FX_LANES; j++) {
         acc_io[j] += (double)l_lanes[j] * 0x1p-64;
         count_io[j] += count_lanes[j];
+    }
+}
+/* fx_tile_exp_sums_f32_avx512 in two halves of 8 rows */
+static void FX_LNAME(fx_tile_exp_sums)(const float (*xt)[FX_TILE], ptrdiff_t n_classes,
+                                       const float *mt, double *acc, double *count,
+                                       float (*et)[FX_TILE])
+{
+    const __m256 ones = _mm256_set1_ps(1.0f), fast_min = _mm256_set1_ps(FX_F32_FAST_MIN);
+    float l_lanes[FX_TILE], count_lanes[FX_TILE];
+    ptrdiff_t c;
+    int r, half;
+    for (half = 0; half < 2; half++) {
+        const __m256 mf = _mm256_loadu_ps(mt + 8 * half);
+        const __m256 neg_m = _mm256_sub_ps(_mm256_setzero_ps(), mf);
+        __m256d acc_lo = _mm256_loadu_pd(acc + 8 * half);
+        __m256d acc_hi = _mm256_loadu_pd(acc + 8 * half + 4);
+        __m256 l_sum = _mm256_setzero_ps(), cnt = _mm256_setzero_ps();
+        for (c = 0; c < n_classes; c++) {
+            __m256 xv = _mm256_loadu_ps(xt[c] + 8 * half), d_hi = _mm256_sub_ps(xv, mf), h;
+            __m256 at_max = _mm256_cmp_ps(xv, mf, _CMP_EQ_OQ);
+            if (_mm256_movemask_ps(_mm256_cmp_ps(d_hi, fast_min, _CMP_NGE_UQ)) == 0) {
+                __m256 b_part = _mm256_sub_ps(d_hi, xv); /* TwoSum(x, -m) */
+                __m256 d_lo = _mm256_add_ps(_mm256_sub_ps(xv, _mm256_sub_ps(d_hi, b_part)),
+                                            _mm256_sub_ps(neg_m, b_part));
+                __m256 l, counted;
+                fx_exp_terms_avx2(d_hi, d_lo, &h, &l);
+                l_sum = _mm256_add_ps(l_sum, l);
+                counted = _mm256_andnot_ps(at_max, h);
+                acc_lo = _mm256_add_pd(acc_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(counted)));
+                acc_hi = _mm256_add_pd(acc_hi, _mm256_cvtps_pd(_mm256_extractf128_ps(counted, 1)));
+            } else { /* a term below 2^-125, -inf or NaN: the double exp */
+                double v[8];
+                for (r = 0; r < 8; r++) {
+                    float xr = xt[c][8 * half + r], mr = mt[8 * half + r];
+                    v[r] = xr == mr ? 0.0 : fx_exp_shifted_f32(xr, mr);
+                }
+                acc_lo = _mm256_add_pd(acc_lo, _mm256_loadu_pd(v));
+                acc_hi = _mm256_add_pd(acc_hi, _mm256_loadu_pd(v + 4));
+                h = _mm256_set_m128(_mm256_cvtpd_ps(_mm256_loadu_pd(v + 4)),
+                                    _mm256_cvtpd_ps(_mm256_loadu_pd(v)));
+                h = _mm256_blendv_ps(h, ones, at_max);
+            }
+            cnt = _mm256_add_ps(cnt, _mm256_and_ps(at_max, ones));
+            _mm256_storeu_ps(et[c] + 8 * half, h);
+        }
+        _mm256_storeu_pd(acc + 8 * half, acc_lo);
+        _mm256_storeu_pd(acc + 8 * half + 4, acc_hi);
+        _mm256_storeu_ps(l_lanes + 8 * half, l_sum);
+        _mm256_storeu_ps(count_lanes + 8 * half, cnt);
+    }
+    for (r = 0; r < FX_TILE; r++) {
+        acc[r] += (double)l_lanes[r] * 0x1p-64;
+        count[r] += count_lanes[r];
     }
 }
 #endif

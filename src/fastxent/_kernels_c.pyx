@@ -310,6 +310,7 @@ cdef void _softmax_kernel(const floating[:, :, :] x, floating[:, :, :] out, int 
                                     _tile_row_step(os, B), os.sc, log_output)
         return
     stream = not log_output and _streams(A * B, C, sizeof(floating), xs, os, xp, op)
+    scratch = NULL
     with parallel(num_threads=_threads_for(n_threads, A * B, C)):
         # a scratch row per thread; without one (malloc failed) the row stores as usual
         scratch = <floating*>malloc(C * sizeof(floating)) if stream else NULL
@@ -468,6 +469,7 @@ def sparse_xent(const floating[:, :, :] x, const label_t[:, :] labels, const dou
         return _sparse_tiles(xp, xs, lp, ls, A, C, B, ignore_index, has_ignore, wp, loss_p, lo,
                              gp, gs, grad_scale, rows_p, rs, n_threads, z_loss)
     stream = with_grad and _streams(A * B, C, sizeof(floating), xs, gs, xp, gp)
+    scratch = NULL
     with nogil, parallel(num_threads=_threads_for(n_threads, A * B, C)):
         # a scratch row per thread; without one (malloc failed) the row stores as usual
         scratch = <floating*>malloc(C * sizeof(floating)) if stream else NULL

@@ -218,7 +218,11 @@ static void FX_LNAME(fx_tile_stats)(const FX_T *x, ptrdiff_t rs, ptrdiff_t cs, i
                                              double *s_rest_out, double *log_s_out)
 {
     FX_T xt[FX_TILE_MAX_C][FX_TILE];
+#if FX_IS_FLOAT && FX_ISA_LEVEL != FX_ISA_BASELINE
+    float et[FX_TILE_MAX_C][FX_TILE]; /* Note [f32 exp in float lanes]: rounded to float */
+#else
     double et[FX_TILE_MAX_C][FX_TILE];
+#endif
     FX_T mt[FX_TILE];
     double m[FX_TILE], acc[FX_TILE], comp[FX_TILE], count[FX_TILE], factor[FX_TILE];
     ptrdiff_t c;
@@ -238,6 +242,10 @@ static void FX_LNAME(fx_tile_stats)(const FX_T *x, ptrdiff_t rs, ptrdiff_t cs, i
         for (r = 0; r < FX_TILE; r++)
             mt[r] = xt[c][r] > mt[r] ? xt[c][r] : mt[r];
     for (r = 0; r < FX_TILE; r++) m[r] = mt[r];
+#if FX_IS_FLOAT && FX_ISA_LEVEL != FX_ISA_BASELINE
+    (void)comp;
+    FX_LNAME(fx_tile_exp_sums)((const float (*)[FX_TILE])xt, n_classes, mt, acc, count, et);
+#else
     for (c = 0; c < n_classes; c++)
         for (r = 0; r < FX_TILE; r++) {
             int at_max = (double)xt[c][r] == m[r];
@@ -251,6 +259,7 @@ static void FX_LNAME(fx_tile_stats)(const FX_T *x, ptrdiff_t rs, ptrdiff_t cs, i
             count[r] += at_max ? 1.0 : 0.0;
             et[c][r] = v;
         }
+#endif
     for (r = 0; r < FX_TILE; r++) {
 #if FX_COMPENSATED
         double s_rest = acc[r] + (comp[r] + (count[r] - 1.0));
