@@ -110,7 +110,7 @@ static double FX_LNAME(fx_row_exp_sum)(const FX_T *x, ptrdiff_t n, double m, FX_
  * strided row has the accuracy and the bits of a contiguous one (a running sum of 1000 terms is
  * 19 ulp off in float64). */
 static double FX_LNAME(fx_strided_exp_sum)(const FX_T *x, ptrdiff_t n, ptrdiff_t xs,
-                                                     double m, FX_T *e, ptrdiff_t es)
+                                           double m, FX_T *e, ptrdiff_t es)
 {
     double acc[FX_LANES], comp[FX_LANES], outer[FX_LANES], outer_comp[FX_LANES];
     double count[FX_LANES];
@@ -168,7 +168,7 @@ static void FX_LNAME(fx_row_scale_stream)(const FX_T *e, FX_T *g, ptrdiff_t n, d
  * label-smoothing term k sum w_i (x_i - m), scaled term by term, so that it overflows only where
  * the loss does (x_i - m alone overflows for logits of both signs near the largest double) */
 static double FX_LNAME(fx_row_weighted_shift_sum)(const FX_T *x, ptrdiff_t n, double m,
-                                                           const double *w, double k)
+                                                  const double *w, double k)
 {
     double acc[FX_LANES], tail = 0.0, half_m = 0.5 * m;
     ptrdiff_t i = 0;
@@ -194,7 +194,7 @@ static double FX_LNAME(fx_row_weighted_shift_sum)(const FX_T *x, ptrdiff_t n, do
 
 /* g[i] = coef * (a * g[i] - k * w_i): the label-smoothing gradient (w_i = 1 when w is NULL) */
 static void FX_LNAME(fx_row_smooth_grad)(FX_T *g, ptrdiff_t n, double coef_a,
-                                                  double coef_k, const double *w)
+                                         double coef_k, const double *w)
 {
     ptrdiff_t i;
     if (w == NULL)
@@ -212,10 +212,10 @@ static void FX_LNAME(fx_row_smooth_grad)(FX_T *g, ptrdiff_t n, double coef_a,
  * (g may be x: the whole tile is read first); with zcoef (not NULL), coef[r] + zcoef[r] * lse_r
  * instead of coef[r]. */
 static void FX_LNAME(fx_tile_stats)(const FX_T *x, ptrdiff_t rs, ptrdiff_t cs, int rows,
-                                             ptrdiff_t n_classes, FX_T *g, ptrdiff_t grs,
-                                             ptrdiff_t gcs, const double *coef,
-                                             const double *zcoef, double *m_out,
-                                             double *s_rest_out, double *log_s_out)
+                                    ptrdiff_t n_classes, FX_T *g, ptrdiff_t grs,
+                                    ptrdiff_t gcs, const double *coef,
+                                    const double *zcoef, double *m_out,
+                                    double *s_rest_out, double *log_s_out)
 {
     FX_T xt[FX_TILE_MAX_C][FX_TILE];
 #if FX_IS_FLOAT && FX_ISA_LEVEL != FX_ISA_BASELINE
@@ -291,8 +291,8 @@ static void FX_LNAME(fx_tile_stats)(const FX_T *x, ptrdiff_t rs, ptrdiff_t cs, i
  * largest double, where a term with a small q_i does not; halving is exact, so the doubled
  * result has the bits of the plain sum wherever that does not overflow. */
 static double FX_LNAME(fx_row_dense_dot)(const FX_T *x, const FX_T *t, ptrdiff_t n,
-                                                  double m, double keep, double spread,
-                                                  const double *w, double *mass)
+                                         double m, double keep, double spread,
+                                         const double *w, double *mass)
 {
     double acc[FX_LANES], tot[FX_LANES], acc_tail = 0.0, tot_tail = 0.0, half_m = 0.5 * m;
     ptrdiff_t i = 0;
@@ -315,9 +315,9 @@ static double FX_LNAME(fx_row_dense_dot)(const FX_T *x, const FX_T *t, ptrdiff_t
 }
 
 static void FX_LNAME(fx_row_dense_grad)(FX_T *g, const FX_T *t, ptrdiff_t n, double a,
-                                                 double b, double keep, double spread,
-                                                 const double *w, double p, double s_rest,
-                                                 double inv_s)
+                                        double b, double keep, double spread,
+                                        const double *w, double p, double s_rest,
+                                        double inv_s)
 {
     ptrdiff_t i;
     double rest_frac = s_rest * inv_s;
@@ -332,7 +332,7 @@ static void FX_LNAME(fx_row_dense_grad)(FX_T *g, const FX_T *t, ptrdiff_t n, dou
  * raw, so the count does not depend on how the cap rounds). The last partial block goes through
  * a buffer padded with m_raw (counted, then discounted), so every element is vectorised. */
 static double FX_LNAME(fx_row_cap_exp_sum)(const FX_T *x, ptrdiff_t n, double s,
-                                                    double m_raw, double *m_out)
+                                           double m_raw, double *m_out)
 {
     double acc[FX_LANES], count[FX_LANES], inv_s, pre = fx_cap_prescale(s, &inv_s);
     double m = FX_NAME(fx_cap)(m_raw, s, pre, inv_s, NULL);
@@ -356,8 +356,8 @@ static double FX_LNAME(fx_row_cap_exp_sum)(const FX_T *x, ptrdiff_t n, double s,
  * g may be x (each element is read before it is written). Rows shorter than a vector go through
  * a buffer, so that they are vectorised too. */
 static void FX_LNAME(fx_row_cap_grad)(const FX_T *x, FX_T *g, ptrdiff_t n, double s,
-                                               double m, double a, double b, const FX_T *t,
-                                               double keep, double spread, const double *w)
+                                      double m, double a, double b, const FX_T *t,
+                                      double keep, double spread, const double *w)
 {
     double inv_s, pre = fx_cap_prescale(s, &inv_s);
     ptrdiff_t i;
