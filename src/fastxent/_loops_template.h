@@ -29,8 +29,9 @@ static double FX_LNAME(fx_row_max)(const FX_T *x, ptrdiff_t n)
     /* a NaN first lane survives the tree (NaN > y is false); the other lanes ignore NaN */
     return lanes[0] == lanes[0] ? lanes[0] : -INFINITY;
 }
+
 #if FX_IS_FLOAT && FX_ISA_LEVEL != FX_ISA_BASELINE
-#include "_exp_simd.h" /* fx_exp_sum_span in float lanes */
+#include "_exp_simd.h" /* fx_exp_sum_span and fx_tile_exp_sums in float lanes */
 #else
 /* Every exp sum runs this one body, on a contiguous row or on a block gathered from a strided
  * one: acc[j] (+ comp[j]) += exp(x - m) and count[j] += (x == m) over x[0..n) (n a multiple of
