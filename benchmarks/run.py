@@ -4,6 +4,7 @@
     python benchmarks/run.py                          # every case, 1 and 2 threads
     python benchmarks/run.py --cases 8192x1000,dense --threads 2 --dtypes float32
     python benchmarks/run.py --markdown table.md      # the tables again, for the README
+    python benchmarks/run.py --max-isa avx2 --threads 2 --dtypes float32   # an AVX2 machine
 
 Peers (peers.py; each skipped with a line saying so when not installed, `pip install .[bench]`):
 fastxent (and with a preallocated `out=` gradient), NumPy written the way a user would,
@@ -31,6 +32,13 @@ Peak extra memory (memory.py): bytes allocated during one call beyond its inputs
 measured, not estimated: tracemalloc for NumPy-based implementations (NumPy reports its
 allocations to it), `torch.profiler(profile_memory=True)` allocation events for PyTorch, "n/a"
 for JAX, whose allocator neither sees.
+
+ISA: every implementation uses the best vector instructions of the CPU, unless --max-isa avx2
+caps them where it can: fastxent (FASTXENT_MAX_ISA), PyTorch (ATEN_CPU_CAPABILITY), JAX
+(XLA_FLAGS=--xla_cpu_max_isa=AVX2) and NumPy (NPY_DISABLE_CPU_FEATURES) run their AVX2 code, so
+that an AVX-512 machine measures an AVX2 one (scikit-learn's kernels are compiled for the
+baseline either way). The run re-executes itself with those variables set, and its files get an
+-avx2 suffix.
 
 Outputs in --out (default benchmarks/results/): results.md (tables), results.json (every
 sample), speedup.png (every peer's time over fastxent's, per case, drawn by report.py).
@@ -78,6 +86,12 @@ except ImportError as exc:  # the subject of the benchmark: nothing to do withou
 HERE = Path(__file__).resolve().parent
 PEER_COLUMNS = ["NumPy naive", "PyTorch", "JAX", "scikit-learn"]
 PASSES = 4  # over the peers of a case in alternating order: noise hits several peers, not one
+# the environment that keeps each implementation at AVX2 (--max-isa avx2); NumPy's variable names
+# the features of its dispatch above AVX2
+ISA_CAPS = {"avx2": {"FASTXENT_MAX_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2",
+                     "XLA_FLAGS": "--xla_cpu_max_isa=AVX2",
+                     "NPY_DISABLE_CPU_FEATURES": "AVX512F AVX512CD AVX512_SKX AVX512_CLX "
+                                                 "AVX512_CNL AVX512_ICL AVX512_SPR"}}
 
 
 @dataclass
@@ -351,11 +365,15 @@ def full_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> dict[str, str]:
+def machine(max_isa: str | None = None) -> dict[str, str]:
+    from fastxent import _backend
+
     info = {"python": platform.python_version(), "numpy": np.__version__,
             "fastxent": f"{fastxent.__version__} ({fastxent.backend}, "
                         f"OpenMP {'on' if getattr(fastxent, 'openmp_enabled', False) else 'off'})",
-            "cpus": str(os.cpu_count())}
+            "cpus": str(os.cpu_count()), "isa": _backend.isa}
+    if max_isa:
+        info["max_isa"] = max_isa
     try:
         with open("/proc/cpuinfo") as f:
             info["cpu"] = next(line.split(":", 1)[1].strip() for line in f
@@ -420,14 +438,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also write the Markdown tables to this file")
     parser.add_argument("--json", type=Path, default=None,
                         help="also write the raw results to this file")
+    parser.add_argument("--max-isa", choices=sorted(ISA_CAPS), default=None,
+                        help="keep fastxent, PyTorch, JAX and NumPy at most at this vector ISA")
     args = parser.parse_args(argv)
+    caps = ISA_CAPS.get(args.max_isa, {})
+    if any(os.environ.get(k) != v for k, v in caps.items()):  # set before the peers load
+        os.execve(sys.executable, [sys.executable, __file__, *(sys.argv[1:] if argv is None
+                                                              else argv)],
+                  {**os.environ, **caps})
     args.threads = args.threads or ([2] if args.quick else [2, 1])
     args.dtypes = args.dtypes or (["float32"] if args.quick else ["float32", "float64"])
     args.repeat = args.repeat or (4 if args.quick else 8)
     args.min_time = args.min_time if args.min_time is not None else (0.0 if args.quick else 0.1)
     args.sample_time = 0.001 if args.quick else 0.002
 
-    info = machine()
+    info = machine(args.max_isa)
     command = "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     results = run(args)
@@ -437,6 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     narrowed = (bool(args.cases) or set(args.threads) != {1, 2}
                 or set(args.dtypes) != {"float32", "float64"})
     suffix = "-quick" if args.quick else ("-partial" if narrowed else "")
+    suffix += f"-{args.max_isa}" if args.max_isa else ""
     args.out.mkdir(parents=True, exist_ok=True)
     raw = json.dumps({"machine": info, "command": command.strip(),
                       "options": {k: v for k, v in vars(args).items()
