@@ -32,40 +32,57 @@
 #define FX_F32_LN2_LO (-1.904654323148236e-09f) /* ln 2 - FX_F32_LN2_HI */
 #define FX_F32_FAST_MIN (-87.0f)             /* d_hi below: the portable block */
 
+/* One vector of float lanes: 16 on AVX-512, 8 on AVX2; FX_V(op) names the ISA's intrinsic */
 #if FX_ISA_LEVEL == FX_ISA_AVX512
-/* 2^k h and 2^(k + 64) l (Note [f32 exp in float lanes]) of 16 terms with d_hi >= -87 */
-static inline void fx_exp_terms_avx512(__m512 d_hi, __m512 d_lo, __m512 *h_out, __m512 *l_out)
+#define fx_vf __m512
+#define FX_V(op) _mm512_##op
+#define FX_V_BITS(v) _mm512_castps_si512(v)
+#define FX_V_FLOATS(v) _mm512_castsi512_ps(v)
+#else
+#define fx_vf __m256
+#define FX_V(op) _mm256_##op
+#define FX_V_BITS(v) _mm256_castps_si256(v)
+#define FX_V_FLOATS(v) _mm256_castsi256_ps(v)
+#endif
+
+/* 2^k h and 2^64 2^k l (Note [f32 exp in float lanes]) of the terms exp(x - m), d_hi = x - m
+ * rounded, every d_hi >= -87 */
+static inline void FX_LNAME(fx_exp_terms)(fx_vf x, fx_vf neg_m, fx_vf d_hi, fx_vf *h_out,
+                                          fx_vf *l_out)
 {
-    const __m512 one = _mm512_set1_ps(1.0f);
-    __m512 shifted = _mm512_fmadd_ps(d_hi, _mm512_set1_ps(FX_F32_LOG2E),
-                                     _mm512_set1_ps(FX_F32_SHIFTER));
-    __m512 kf = _mm512_sub_ps(shifted, _mm512_set1_ps(FX_F32_SHIFTER));
-    __m512 r = _mm512_fnmadd_ps(kf, _mm512_set1_ps(FX_F32_LN2_HI), d_hi);
-    __m512 c = _mm512_fnmadd_ps(kf, _mm512_set1_ps(FX_F32_LN2_LO), d_lo);
-    __m512 q = _mm512_set1_ps(1.0f / 40320.0f);
-    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f / 5040.0f));
-    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f / 720.0f));
-    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f / 120.0f));
-    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f / 24.0f));
-    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f / 6.0f));
-    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(0.5f));
-    __m512 p = _mm512_mul_ps(_mm512_mul_ps(r, r), q);
-    __m512 y = _mm512_add_ps(r, p);
-    __m512 tail = _mm512_add_ps(p, _mm512_fmadd_ps(c, y, c));
-    __m512 s = _mm512_add_ps(one, r);
-    __m512 s_err = _mm512_add_ps(_mm512_sub_ps(one, s), r);
-    __m512 v = _mm512_add_ps(s_err, tail);
-    __m512 h = _mm512_add_ps(s, v);
-    __m512 l = _mm512_sub_ps(v, _mm512_sub_ps(h, s));
+    const fx_vf one = FX_V(set1_ps)(1.0f);
+    fx_vf b_part = FX_V(sub_ps)(d_hi, x); /* TwoSum(x, -m): d_hi + d_lo = x - m exactly */
+    fx_vf d_lo = FX_V(add_ps)(FX_V(sub_ps)(x, FX_V(sub_ps)(d_hi, b_part)),
+                              FX_V(sub_ps)(neg_m, b_part));
+    fx_vf shifted = FX_V(fmadd_ps)(d_hi, FX_V(set1_ps)(FX_F32_LOG2E),
+                                   FX_V(set1_ps)(FX_F32_SHIFTER));
+    fx_vf kf = FX_V(sub_ps)(shifted, FX_V(set1_ps)(FX_F32_SHIFTER));
+    fx_vf r = FX_V(fnmadd_ps)(kf, FX_V(set1_ps)(FX_F32_LN2_HI), d_hi);
+    fx_vf c = FX_V(fnmadd_ps)(kf, FX_V(set1_ps)(FX_F32_LN2_LO), d_lo);
+    fx_vf q = FX_V(set1_ps)(1.0f / 40320.0f);
+    q = FX_V(fmadd_ps)(q, r, FX_V(set1_ps)(1.0f / 5040.0f));
+    q = FX_V(fmadd_ps)(q, r, FX_V(set1_ps)(1.0f / 720.0f));
+    q = FX_V(fmadd_ps)(q, r, FX_V(set1_ps)(1.0f / 120.0f));
+    q = FX_V(fmadd_ps)(q, r, FX_V(set1_ps)(1.0f / 24.0f));
+    q = FX_V(fmadd_ps)(q, r, FX_V(set1_ps)(1.0f / 6.0f));
+    q = FX_V(fmadd_ps)(q, r, FX_V(set1_ps)(0.5f));
+    fx_vf p = FX_V(mul_ps)(FX_V(mul_ps)(r, r), q);
+    fx_vf y = FX_V(add_ps)(r, p);
+    fx_vf tail = FX_V(add_ps)(p, FX_V(fmadd_ps)(c, y, c));
+    fx_vf s = FX_V(add_ps)(one, r);
+    fx_vf s_err = FX_V(add_ps)(FX_V(sub_ps)(one, s), r);
+    fx_vf v = FX_V(add_ps)(s_err, tail);
+    fx_vf h = FX_V(add_ps)(s, v);
+    fx_vf l = FX_V(sub_ps)(v, FX_V(sub_ps)(h, s));
     /* 2^k from k + FX_F32_SHIFTER: its bits are bits(1.5 * 2^23) + k, and << 23 drops the
      * constant */
-    __m512i bits = _mm512_castps_si512(shifted);
-    __m512 p2k = _mm512_castsi512_ps(_mm512_slli_epi32(
-        _mm512_add_epi32(bits, _mm512_set1_epi32(127)), 23));
-    *h_out = _mm512_mul_ps(h, p2k);
-    *l_out = _mm512_mul_ps(l, _mm512_mul_ps(p2k, _mm512_set1_ps(0x1p64f)));
+    fx_vf p2k = FX_V_FLOATS(FX_V(slli_epi32)(
+        FX_V(add_epi32)(FX_V_BITS(shifted), FX_V(set1_epi32)(127)), 23));
+    *h_out = FX_V(mul_ps)(h, p2k);
+    *l_out = FX_V(mul_ps)(l, FX_V(mul_ps)(p2k, FX_V(set1_ps)(0x1p64f)));
 }
 
+#if FX_ISA_LEVEL == FX_ISA_AVX512
 FX_SAME_BITS_FOR_EVERY_CALLER static void FX_LNAME(fx_exp_sum_span)(
     const float *x, ptrdiff_t n, double m, float *e, double *acc_io, double *comp_io,
     double *count_io, const char *pf_x, char *pf_e)
@@ -89,11 +106,8 @@ FX_SAME_BITS_FOR_EVERY_CALLER static void FX_LNAME(fx_exp_sum_span)(
         at_max = _mm512_cmp_ps_mask(xv, mf, _CMP_EQ_OQ);
         d_hi = _mm512_sub_ps(xv, mf);
         if (_mm512_cmp_ps_mask(d_hi, fast_min, _CMP_NGE_UQ) == 0) {
-            __m512 b_part = _mm512_sub_ps(d_hi, xv); /* TwoSum(x, -m) */
-            __m512 d_lo = _mm512_add_ps(_mm512_sub_ps(xv, _mm512_sub_ps(d_hi, b_part)),
-                                        _mm512_sub_ps(neg_m, b_part));
             __m512 l;
-            fx_exp_terms_avx512(d_hi, d_lo, &h, &l);
+            FX_LNAME(fx_exp_terms)(xv, neg_m, d_hi, &h, &l);
             l_sum = _mm512_add_ps(l_sum, l);
             counted = _mm512_maskz_mov_ps((__mmask16)~at_max, h); /* the maxima's 1 is not */
             acc0 = _mm512_add_pd(acc0, _mm512_cvtps_pd(_mm512_castps512_ps256(counted)));
@@ -138,11 +152,8 @@ static void FX_LNAME(fx_tile_exp_sums)(const float (*xt)[FX_TILE], ptrdiff_t n_c
         __m512 xv = _mm512_loadu_ps(xt[c]), d_hi = _mm512_sub_ps(xv, mf), h, counted;
         __mmask16 at_max = _mm512_cmp_ps_mask(xv, mf, _CMP_EQ_OQ);
         if (_mm512_cmp_ps_mask(d_hi, fast_min, _CMP_NGE_UQ) == 0) {
-            __m512 b_part = _mm512_sub_ps(d_hi, xv); /* TwoSum(x, -m) */
-            __m512 d_lo = _mm512_add_ps(_mm512_sub_ps(xv, _mm512_sub_ps(d_hi, b_part)),
-                                        _mm512_sub_ps(neg_m, b_part));
             __m512 l;
-            fx_exp_terms_avx512(d_hi, d_lo, &h, &l);
+            FX_LNAME(fx_exp_terms)(xv, neg_m, d_hi, &h, &l);
             l_sum = _mm512_add_ps(l_sum, l);
             counted = _mm512_maskz_mov_ps((__mmask16)~at_max, h);
             acc0 = _mm512_add_pd(acc0, _mm512_cvtps_pd(_mm512_castps512_ps256(counted)));
@@ -173,37 +184,6 @@ static void FX_LNAME(fx_tile_exp_sums)(const float (*xt)[FX_TILE], ptrdiff_t n_c
 #endif
 
 #if FX_ISA_LEVEL == FX_ISA_AVX2
-/* fx_exp_terms_avx512 for 8 terms */
-static inline void fx_exp_terms_avx2(__m256 d_hi, __m256 d_lo, __m256 *h_out, __m256 *l_out)
-{
-    const __m256 one = _mm256_set1_ps(1.0f);
-    __m256 shifted = _mm256_fmadd_ps(d_hi, _mm256_set1_ps(FX_F32_LOG2E),
-                                     _mm256_set1_ps(FX_F32_SHIFTER));
-    __m256 kf = _mm256_sub_ps(shifted, _mm256_set1_ps(FX_F32_SHIFTER));
-    __m256 r = _mm256_fnmadd_ps(kf, _mm256_set1_ps(FX_F32_LN2_HI), d_hi);
-    __m256 c = _mm256_fnmadd_ps(kf, _mm256_set1_ps(FX_F32_LN2_LO), d_lo);
-    __m256 q = _mm256_set1_ps(1.0f / 40320.0f);
-    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(1.0f / 5040.0f));
-    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(1.0f / 720.0f));
-    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(1.0f / 120.0f));
-    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(1.0f / 24.0f));
-    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(1.0f / 6.0f));
-    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(0.5f));
-    __m256 p = _mm256_mul_ps(_mm256_mul_ps(r, r), q);
-    __m256 y = _mm256_add_ps(r, p);
-    __m256 tail = _mm256_add_ps(p, _mm256_fmadd_ps(c, y, c));
-    __m256 s = _mm256_add_ps(one, r);
-    __m256 s_err = _mm256_add_ps(_mm256_sub_ps(one, s), r);
-    __m256 v = _mm256_add_ps(s_err, tail);
-    __m256 h = _mm256_add_ps(s, v);
-    __m256 l = _mm256_sub_ps(v, _mm256_sub_ps(h, s));
-    __m256i bits = _mm256_castps_si256(shifted);
-    __m256 p2k = _mm256_castsi256_ps(_mm256_slli_epi32(
-        _mm256_add_epi32(bits, _mm256_set1_epi32(127)), 23));
-    *h_out = _mm256_mul_ps(h, p2k);
-    *l_out = _mm256_mul_ps(l, _mm256_mul_ps(p2k, _mm256_set1_ps(0x1p64f)));
-}
-
 /* fx_exp_sum_span_f32_avx512 in two halves of 8 lanes: lanes 0-7 and 8-15 of a block */
 FX_SAME_BITS_FOR_EVERY_CALLER static void FX_LNAME(fx_exp_sum_span)(
     const float *x, ptrdiff_t n, double m, float *e, double *acc_io, double *comp_io,
@@ -237,12 +217,8 @@ FX_SAME_BITS_FOR_EVERY_CALLER static void FX_LNAME(fx_exp_sum_span)(
                                             _mm256_cmp_ps(d_hi[1], fast_min, _CMP_NGE_UQ)))
             == 0) {
             for (half = 0; half < 2; half++) {
-                __m256 b_part = _mm256_sub_ps(d_hi[half], xv[half]); /* TwoSum(x, -m) */
-                __m256 d_lo = _mm256_add_ps(
-                    _mm256_sub_ps(xv[half], _mm256_sub_ps(d_hi[half], b_part)),
-                    _mm256_sub_ps(neg_m, b_part));
                 __m256 l, counted;
-                fx_exp_terms_avx2(d_hi[half], d_lo, &h[half], &l);
+                FX_LNAME(fx_exp_terms)(xv[half], neg_m, d_hi[half], &h[half], &l);
                 l_sum[half] = _mm256_add_ps(l_sum[half], l);
                 counted = _mm256_andnot_ps(at_max[half], h[half]);
                 acc[2 * half] = _mm256_add_pd(acc[2 * half],
@@ -295,11 +271,8 @@ static void FX_LNAME(fx_tile_exp_sums)(const float (*xt)[FX_TILE], ptrdiff_t n_c
             __m256 xv = _mm256_loadu_ps(xt[c] + 8 * half), d_hi = _mm256_sub_ps(xv, mf), h;
             __m256 at_max = _mm256_cmp_ps(xv, mf, _CMP_EQ_OQ);
             if (_mm256_movemask_ps(_mm256_cmp_ps(d_hi, fast_min, _CMP_NGE_UQ)) == 0) {
-                __m256 b_part = _mm256_sub_ps(d_hi, xv); /* TwoSum(x, -m) */
-                __m256 d_lo = _mm256_add_ps(_mm256_sub_ps(xv, _mm256_sub_ps(d_hi, b_part)),
-                                            _mm256_sub_ps(neg_m, b_part));
                 __m256 l, counted;
-                fx_exp_terms_avx2(d_hi, d_lo, &h, &l);
+                FX_LNAME(fx_exp_terms)(xv, neg_m, d_hi, &h, &l);
                 l_sum = _mm256_add_ps(l_sum, l);
                 counted = _mm256_andnot_ps(at_max, h);
                 acc_lo = _mm256_add_pd(acc_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(counted)));
@@ -330,3 +303,7 @@ static void FX_LNAME(fx_tile_exp_sums)(const float (*xt)[FX_TILE], ptrdiff_t n_c
     }
 }
 #endif
+#undef fx_vf
+#undef FX_V
+#undef FX_V_BITS
+#undef FX_V_FLOATS

@@ -42,6 +42,19 @@
 
 static int fx_isa = FX_ISA_BASELINE;
 
+/* FX_TARGET_BEGIN(gcc_target, clang_target) ... FX_TARGET_END: the functions between are
+ * compiled for that target (GCC's target pragma, clang's attribute pragma) */
+#define FX_PRAGMA(text) _Pragma(#text)
+#if defined(__clang__)
+#define FX_TARGET_BEGIN(gcc_target, clang_target)                                             \
+    FX_PRAGMA(clang attribute push(__attribute__((target(clang_target))), apply_to = function))
+#define FX_TARGET_END FX_PRAGMA(clang attribute pop)
+#else
+#define FX_TARGET_BEGIN(gcc_target, clang_target)                                             \
+    FX_PRAGMA(GCC push_options) FX_PRAGMA(GCC target(gcc_target))
+#define FX_TARGET_END FX_PRAGMA(GCC pop_options)
+#endif
+
 /* The best ISA this CPU (and its operating system, which must save the vector registers: the
  * compilers' cpu_supports checks XCR0) can run, as FX_ISA_*. x86-64-v3's F16C, LZCNT and MOVBE
  * are not asked (clang 14 cannot): every CPU with AVX2, FMA and BMI2 has them. */

@@ -14,35 +14,18 @@
 #if FX_DISPATCH
 #define FX_ISA_SUFFIX avx2
 #define FX_ISA_LEVEL FX_ISA_AVX2
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,bmi,bmi2,f16c,lzcnt,movbe,popcnt"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("arch=x86-64-v3")
-#endif
+FX_TARGET_BEGIN("arch=x86-64-v3", "avx2,fma,bmi,bmi2,f16c,lzcnt,movbe,popcnt")
 #include "_loops_template.h"
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+FX_TARGET_END
 #undef FX_ISA_SUFFIX
 #undef FX_ISA_LEVEL
 
 #define FX_ISA_SUFFIX avx512
 #define FX_ISA_LEVEL FX_ISA_AVX512
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512cd,avx512dq,avx512vl,avx2,fma,bmi,bmi2,f16c,lzcnt,movbe,popcnt"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("arch=x86-64-v4")
-#endif
+FX_TARGET_BEGIN("arch=x86-64-v4", "avx512f,avx512bw,avx512cd,avx512dq,avx512vl,avx2,fma,bmi,bmi2,"
+                                  "f16c,lzcnt,movbe,popcnt")
 #include "_loops_template.h"
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+FX_TARGET_END
 #undef FX_ISA_SUFFIX
 #undef FX_ISA_LEVEL
 #endif
