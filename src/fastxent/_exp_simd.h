@@ -1,9 +1,9 @@
 /*
  * The exp sums of float32 rows in float lanes (16 per AVX-512 vector, 8 per AVX2 one), for
- * _loops_template.h: fx_exp_sum_span_f32_avx512 and _avx2, with the contract of the portable
- * fx_exp_sum_span (which the baseline runs), and the tiles' fx_tile_exp_sums_f32_avx512 and
- * _avx2 (16 rows across the lanes). Included inside the ISA's target region, for float data
- * only.
+ * _loops_template.h: fx_exp_sum_span (the contract of the portable one, which the baseline
+ * runs) and the tiles' fx_tile_exp_sums (16 rows across the lanes), written once for both ISAs
+ * over the few operations that differ (FX_V...). Included inside the ISA's target region, for
+ * float data only.
  *
  * Note [f32 exp in float lanes]: each term e = exp(x - m) is computed in float arithmetic to
  * within 0.6 * 2^-24 of its value (the float32 loss bound, 0.5 ulp + 2^24 times the terms'
@@ -32,17 +32,45 @@
 #define FX_F32_LN2_LO (-1.904654323148236e-09f) /* ln 2 - FX_F32_LN2_HI */
 #define FX_F32_FAST_MIN (-87.0f)             /* d_hi below: the portable block */
 
-/* One vector of float lanes: 16 on AVX-512, 8 on AVX2; FX_V(op) names the ISA's intrinsic */
+/* The ISA's vectors: fx_vf holds FX_VW float lanes, fx_vd half as many doubles, fx_vm a mask of
+ * float lanes; FX_V(op) names the ISA's intrinsic. FX_LANES is FX_PARTS vectors of floats. */
 #if FX_ISA_LEVEL == FX_ISA_AVX512
+#define FX_VW 16
 #define fx_vf __m512
+#define fx_vd __m512d
+#define fx_vm __mmask16
 #define FX_V(op) _mm512_##op
 #define FX_V_BITS(v) _mm512_castps_si512(v)
 #define FX_V_FLOATS(v) _mm512_castsi512_ps(v)
+#define FX_V_EQ(a, b) _mm512_cmp_ps_mask((a), (b), _CMP_EQ_OQ)
+#define FX_V_ANY_BELOW(v, min) (_mm512_cmp_ps_mask((v), (min), _CMP_NGE_UQ) != 0) /* or NaN */
+#define FX_V_ZERO_WHERE(mask, v) _mm512_maskz_mov_ps((__mmask16)~(mask), (v))
+#define FX_V_ONE_WHERE(mask, v) _mm512_mask_mov_ps((v), (mask), _mm512_set1_ps(1.0f))
+#define FX_V_COUNT(count, mask) _mm512_mask_add_ps((count), (mask), (count), _mm512_set1_ps(1.0f))
+#define FX_V_LOW_PD(v) _mm512_cvtps_pd(_mm512_castps512_ps256(v))
+#define FX_V_HIGH_PD(v) _mm512_cvtps_pd(_mm512_extractf32x8_ps((v), 1))
+#define FX_V_FROM_PD(low, high) \
+    _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(low)), _mm512_cvtpd_ps(high), 1)
 #else
+#define FX_VW 8
 #define fx_vf __m256
+#define fx_vd __m256d
+#define fx_vm __m256
 #define FX_V(op) _mm256_##op
 #define FX_V_BITS(v) _mm256_castps_si256(v)
 #define FX_V_FLOATS(v) _mm256_castsi256_ps(v)
+#define FX_V_EQ(a, b) _mm256_cmp_ps((a), (b), _CMP_EQ_OQ)
+#define FX_V_ANY_BELOW(v, min) (_mm256_movemask_ps(_mm256_cmp_ps((v), (min), _CMP_NGE_UQ)) != 0)
+#define FX_V_ZERO_WHERE(mask, v) _mm256_andnot_ps((mask), (v))
+#define FX_V_ONE_WHERE(mask, v) _mm256_blendv_ps((v), _mm256_set1_ps(1.0f), (mask))
+#define FX_V_COUNT(count, mask) _mm256_add_ps((count), _mm256_and_ps((mask), _mm256_set1_ps(1.0f)))
+#define FX_V_LOW_PD(v) _mm256_cvtps_pd(_mm256_castps256_ps128(v))
+#define FX_V_HIGH_PD(v) _mm256_cvtps_pd(_mm256_extractf128_ps((v), 1))
+#define FX_V_FROM_PD(low, high) _mm256_set_m128(_mm256_cvtpd_ps(high), _mm256_cvtpd_ps(low))
+#endif
+#define FX_PARTS (FX_LANES / FX_VW)
+#if FX_TILE != FX_LANES
+#error "fx_tile_exp_sums runs a tile's rows as the FX_LANES lanes of fx_exp_block"
 #endif
 
 /* 2^k h and 2^64 2^k l (Note [f32 exp in float lanes]) of the terms exp(x - m), d_hi = x - m
@@ -82,228 +110,125 @@ static inline void FX_LNAME(fx_exp_terms)(fx_vf x, fx_vf neg_m, fx_vf d_hi, fx_v
     *l_out = FX_V(mul_ps)(l, FX_V(mul_ps)(p2k, FX_V(set1_ps)(0x1p64f)));
 }
 
-#if FX_ISA_LEVEL == FX_ISA_AVX512
+/* The running sums of FX_LANES lanes: 2^k h in double (acc), 2^64 2^k l in float (l_sum), the
+ * count of maxima in float (exact: a span or a tile has far fewer than 2^24 terms) */
+typedef struct {
+    fx_vd acc[2 * FX_PARTS];
+    fx_vf l_sum[FX_PARTS], count[FX_PARTS];
+} FX_LNAME(fx_exp_sums);
+
+static inline void FX_LNAME(fx_exp_sums_start)(FX_LNAME(fx_exp_sums) *sums, const double *acc)
+{
+    int p;
+    for (p = 0; p < 2 * FX_PARTS; p++) sums->acc[p] = FX_V(loadu_pd)(acc + p * FX_VW / 2);
+    for (p = 0; p < FX_PARTS; p++) {
+        sums->l_sum[p] = FX_V(setzero_ps)();
+        sums->count[p] = FX_V(setzero_ps)();
+    }
+}
+
+/* acc[j] = the lane's sum of 2^k h plus its sum of 2^k l, count[j] += the lane's count */
+static inline void FX_LNAME(fx_exp_sums_finish)(FX_LNAME(fx_exp_sums) *sums, double *acc,
+                                                double *count)
+{
+    float l_lanes[FX_LANES], count_lanes[FX_LANES];
+    int p, j;
+    for (p = 0; p < 2 * FX_PARTS; p++) FX_V(storeu_pd)(acc + p * FX_VW / 2, sums->acc[p]);
+    for (p = 0; p < FX_PARTS; p++) {
+        FX_V(storeu_ps)(l_lanes + p * FX_VW, sums->l_sum[p]);
+        FX_V(storeu_ps)(count_lanes + p * FX_VW, sums->count[p]);
+    }
+    for (j = 0; j < FX_LANES; j++) {
+        acc[j] += (double)l_lanes[j] * 0x1p-64;
+        count[j] += count_lanes[j];
+    }
+}
+
+/* FX_LANES terms exp(x[j] - m[j]) into the sums (the maxima, x == m, counted instead), and into
+ * e[j] rounded to float when e is not NULL. A vector with a d_hi below -87 (a term below
+ * 2^-125), -inf or NaN takes the double exp of the portable loop. */
+static inline void FX_LNAME(fx_exp_block)(FX_LNAME(fx_exp_sums) *sums, const float *x,
+                                          const float *m, float *e)
+{
+    const fx_vf fast_min = FX_V(set1_ps)(FX_F32_FAST_MIN);
+    int p, j;
+    for (p = 0; p < FX_PARTS; p++) {
+        fx_vf xv = FX_V(loadu_ps)(x + p * FX_VW), mv = FX_V(loadu_ps)(m + p * FX_VW);
+        fx_vf d_hi = FX_V(sub_ps)(xv, mv), h;
+        fx_vm at_max = FX_V_EQ(xv, mv);
+        if (!FX_V_ANY_BELOW(d_hi, fast_min)) {
+            fx_vf l, counted;
+            FX_LNAME(fx_exp_terms)(xv, FX_V(sub_ps)(FX_V(setzero_ps)(), mv), d_hi, &h, &l);
+            sums->l_sum[p] = FX_V(add_ps)(sums->l_sum[p], l);
+            counted = FX_V_ZERO_WHERE(at_max, h); /* the maxima's 1 is counted, not summed */
+            sums->acc[2 * p] = FX_V(add_pd)(sums->acc[2 * p], FX_V_LOW_PD(counted));
+            sums->acc[2 * p + 1] = FX_V(add_pd)(sums->acc[2 * p + 1], FX_V_HIGH_PD(counted));
+        } else {
+            double v[FX_VW];
+            fx_vd low, high;
+            for (j = 0; j < FX_VW; j++) {
+                float xj = x[p * FX_VW + j], mj = m[p * FX_VW + j];
+                v[j] = xj == mj ? 0.0 : fx_exp_shifted_f32(xj, mj);
+            }
+            low = FX_V(loadu_pd)(v);
+            high = FX_V(loadu_pd)(v + FX_VW / 2);
+            sums->acc[2 * p] = FX_V(add_pd)(sums->acc[2 * p], low);
+            sums->acc[2 * p + 1] = FX_V(add_pd)(sums->acc[2 * p + 1], high);
+            h = FX_V_ONE_WHERE(at_max, FX_V_FROM_PD(low, high)); /* the maxima's terms are 1 */
+        }
+        sums->count[p] = FX_V_COUNT(sums->count[p], at_max);
+        if (e != NULL) FX_V(storeu_ps)(e + p * FX_VW, h);
+    }
+}
+
 FX_SAME_BITS_FOR_EVERY_CALLER static void FX_LNAME(fx_exp_sum_span)(
     const float *x, ptrdiff_t n, double m, float *e, double *acc_io, double *comp_io,
     double *count_io, const char *pf_x, char *pf_e)
 {
-    const __m512 mf = _mm512_set1_ps((float)m), neg_m = _mm512_set1_ps(-(float)m);
-    const __m512 ones = _mm512_set1_ps(1.0f), fast_min = _mm512_set1_ps(FX_F32_FAST_MIN);
-    __m512d acc0 = _mm512_loadu_pd(acc_io), acc1 = _mm512_loadu_pd(acc_io + 8);
-    __m512 l_sum = _mm512_setzero_ps(), count = _mm512_setzero_ps();
-    float l_lanes[FX_LANES], count_lanes[FX_LANES];
+    FX_LNAME(fx_exp_sums) sums;
+    float m_lanes[FX_LANES];
     ptrdiff_t i;
     int j;
     (void)comp_io;
+    for (j = 0; j < FX_LANES; j++) m_lanes[j] = (float)m;
+    FX_LNAME(fx_exp_sums_start)(&sums, acc_io);
     for (i = 0; i < n; i += FX_LANES) {
-        __m512 xv, d_hi, h, counted;
-        __mmask16 at_max;
         if (pf_x != NULL) { /* as in the portable loop */
             __builtin_prefetch(pf_x + i * (ptrdiff_t)sizeof(float), 0, 2);
             if (pf_e != NULL) __builtin_prefetch(pf_e + i * (ptrdiff_t)sizeof(float), 1, 2);
         }
-        xv = _mm512_loadu_ps(x + i);
-        at_max = _mm512_cmp_ps_mask(xv, mf, _CMP_EQ_OQ);
-        d_hi = _mm512_sub_ps(xv, mf);
-        if (_mm512_cmp_ps_mask(d_hi, fast_min, _CMP_NGE_UQ) == 0) {
-            __m512 l;
-            FX_LNAME(fx_exp_terms)(xv, neg_m, d_hi, &h, &l);
-            l_sum = _mm512_add_ps(l_sum, l);
-            counted = _mm512_maskz_mov_ps((__mmask16)~at_max, h); /* the maxima's 1 is not */
-            acc0 = _mm512_add_pd(acc0, _mm512_cvtps_pd(_mm512_castps512_ps256(counted)));
-            acc1 = _mm512_add_pd(acc1, _mm512_cvtps_pd(_mm512_extractf32x8_ps(counted, 1)));
-        } else { /* a term below 2^-125, -inf or NaN: the double exp */
-            double v[FX_LANES];
-            for (j = 0; j < FX_LANES; j++)
-                v[j] = (double)x[i + j] == m ? 0.0 : fx_exp_shifted_f32(x[i + j], m);
-            acc0 = _mm512_add_pd(acc0, _mm512_loadu_pd(v));
-            acc1 = _mm512_add_pd(acc1, _mm512_loadu_pd(v + 8));
-            h = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(_mm512_loadu_pd(v))),
-                                   _mm512_cvtpd_ps(_mm512_loadu_pd(v + 8)), 1);
-            h = _mm512_mask_mov_ps(h, at_max, ones); /* the maxima's terms are 1 */
-        }
-        count = _mm512_mask_add_ps(count, at_max, count, ones);
-        if (e != NULL) _mm512_storeu_ps(e + i, h);
+        FX_LNAME(fx_exp_block)(&sums, x + i, m_lanes, e != NULL ? e + i : NULL);
     }
-    _mm512_storeu_pd(acc_io, acc0);
-    _mm512_storeu_pd(acc_io + 8, acc1);
-    _mm512_storeu_ps(l_lanes, l_sum);
-    _mm512_storeu_ps(count_lanes, count);
-    for (j = 0; j < FX_LANES; j++) {
-        acc_io[j] += (double)l_lanes[j] * 0x1p-64;
-        count_io[j] += count_lanes[j];
-    }
+    FX_LNAME(fx_exp_sums_finish)(&sums, acc_io, count_io);
 }
-/* fx_tile_stats' exp sums in float lanes, 16 rows per vector: for each class c < n_classes,
- * acc[r] += exp(xt[c][r] - mt[r]) where xt[c][r] != mt[r], count[r] += (xt[c][r] == mt[r]), and
- * et[c][r] = exp(xt[c][r] - mt[r]) rounded to float; acc and count as the span's */
-static void FX_LNAME(fx_tile_exp_sums)(const float (*xt)[FX_TILE], ptrdiff_t n_classes,
-                                       const float *mt, double *acc, double *count,
-                                       float (*et)[FX_TILE])
-{
-    const __m512 mf = _mm512_loadu_ps(mt), neg_m = _mm512_sub_ps(_mm512_setzero_ps(), mf);
-    const __m512 ones = _mm512_set1_ps(1.0f), fast_min = _mm512_set1_ps(FX_F32_FAST_MIN);
-    __m512d acc0 = _mm512_loadu_pd(acc), acc1 = _mm512_loadu_pd(acc + 8);
-    __m512 l_sum = _mm512_setzero_ps(), cnt = _mm512_setzero_ps();
-    float l_lanes[FX_TILE], count_lanes[FX_TILE];
-    ptrdiff_t c;
-    int r;
-    for (c = 0; c < n_classes; c++) {
-        __m512 xv = _mm512_loadu_ps(xt[c]), d_hi = _mm512_sub_ps(xv, mf), h, counted;
-        __mmask16 at_max = _mm512_cmp_ps_mask(xv, mf, _CMP_EQ_OQ);
-        if (_mm512_cmp_ps_mask(d_hi, fast_min, _CMP_NGE_UQ) == 0) {
-            __m512 l;
-            FX_LNAME(fx_exp_terms)(xv, neg_m, d_hi, &h, &l);
-            l_sum = _mm512_add_ps(l_sum, l);
-            counted = _mm512_maskz_mov_ps((__mmask16)~at_max, h);
-            acc0 = _mm512_add_pd(acc0, _mm512_cvtps_pd(_mm512_castps512_ps256(counted)));
-            acc1 = _mm512_add_pd(acc1, _mm512_cvtps_pd(_mm512_extractf32x8_ps(counted, 1)));
-        } else { /* a term below 2^-125, -inf or NaN: the double exp */
-            double v[FX_TILE];
-            for (r = 0; r < FX_TILE; r++)
-                v[r] = (double)xt[c][r] == (double)mt[r]
-                           ? 0.0 : fx_exp_shifted_f32(xt[c][r], mt[r]);
-            acc0 = _mm512_add_pd(acc0, _mm512_loadu_pd(v));
-            acc1 = _mm512_add_pd(acc1, _mm512_loadu_pd(v + 8));
-            h = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(_mm512_loadu_pd(v))),
-                                   _mm512_cvtpd_ps(_mm512_loadu_pd(v + 8)), 1);
-            h = _mm512_mask_mov_ps(h, at_max, ones);
-        }
-        cnt = _mm512_mask_add_ps(cnt, at_max, cnt, ones);
-        _mm512_storeu_ps(et[c], h);
-    }
-    _mm512_storeu_pd(acc, acc0);
-    _mm512_storeu_pd(acc + 8, acc1);
-    _mm512_storeu_ps(l_lanes, l_sum);
-    _mm512_storeu_ps(count_lanes, cnt);
-    for (r = 0; r < FX_TILE; r++) {
-        acc[r] += (double)l_lanes[r] * 0x1p-64;
-        count[r] += count_lanes[r];
-    }
-}
-#endif
 
-#if FX_ISA_LEVEL == FX_ISA_AVX2
-/* fx_exp_sum_span_f32_avx512 in two halves of 8 lanes: lanes 0-7 and 8-15 of a block */
-FX_SAME_BITS_FOR_EVERY_CALLER static void FX_LNAME(fx_exp_sum_span)(
-    const float *x, ptrdiff_t n, double m, float *e, double *acc_io, double *comp_io,
-    double *count_io, const char *pf_x, char *pf_e)
-{
-    const __m256 mf = _mm256_set1_ps((float)m), neg_m = _mm256_set1_ps(-(float)m);
-    const __m256 ones = _mm256_set1_ps(1.0f), fast_min = _mm256_set1_ps(FX_F32_FAST_MIN);
-    __m256d acc[4];
-    __m256 l_sum[2], count[2];
-    float l_lanes[FX_LANES], count_lanes[FX_LANES];
-    ptrdiff_t i;
-    int j, half;
-    (void)comp_io;
-    for (j = 0; j < 4; j++) acc[j] = _mm256_loadu_pd(acc_io + 4 * j);
-    for (half = 0; half < 2; half++) {
-        l_sum[half] = _mm256_setzero_ps();
-        count[half] = _mm256_setzero_ps();
-    }
-    for (i = 0; i < n; i += FX_LANES) {
-        __m256 xv[2], d_hi[2], at_max[2], h[2];
-        if (pf_x != NULL) { /* as in the portable loop */
-            __builtin_prefetch(pf_x + i * (ptrdiff_t)sizeof(float), 0, 2);
-            if (pf_e != NULL) __builtin_prefetch(pf_e + i * (ptrdiff_t)sizeof(float), 1, 2);
-        }
-        for (half = 0; half < 2; half++) {
-            xv[half] = _mm256_loadu_ps(x + i + 8 * half);
-            at_max[half] = _mm256_cmp_ps(xv[half], mf, _CMP_EQ_OQ);
-            d_hi[half] = _mm256_sub_ps(xv[half], mf);
-        }
-        if (_mm256_movemask_ps(_mm256_or_ps(_mm256_cmp_ps(d_hi[0], fast_min, _CMP_NGE_UQ),
-                                            _mm256_cmp_ps(d_hi[1], fast_min, _CMP_NGE_UQ)))
-            == 0) {
-            for (half = 0; half < 2; half++) {
-                __m256 l, counted;
-                FX_LNAME(fx_exp_terms)(xv[half], neg_m, d_hi[half], &h[half], &l);
-                l_sum[half] = _mm256_add_ps(l_sum[half], l);
-                counted = _mm256_andnot_ps(at_max[half], h[half]);
-                acc[2 * half] = _mm256_add_pd(acc[2 * half],
-                                              _mm256_cvtps_pd(_mm256_castps256_ps128(counted)));
-                acc[2 * half + 1] = _mm256_add_pd(
-                    acc[2 * half + 1], _mm256_cvtps_pd(_mm256_extractf128_ps(counted, 1)));
-            }
-        } else { /* a term below 2^-125, -inf or NaN: the double exp */
-            double v[FX_LANES];
-            for (j = 0; j < FX_LANES; j++)
-                v[j] = (double)x[i + j] == m ? 0.0 : fx_exp_shifted_f32(x[i + j], m);
-            for (j = 0; j < 4; j++) acc[j] = _mm256_add_pd(acc[j], _mm256_loadu_pd(v + 4 * j));
-            for (half = 0; half < 2; half++)
-                h[half] = _mm256_set_m128(_mm256_cvtpd_ps(_mm256_loadu_pd(v + 8 * half + 4)),
-                                          _mm256_cvtpd_ps(_mm256_loadu_pd(v + 8 * half)));
-            for (half = 0; half < 2; half++) /* the maxima's terms are 1 */
-                h[half] = _mm256_blendv_ps(h[half], ones, at_max[half]);
-        }
-        for (half = 0; half < 2; half++) {
-            count[half] = _mm256_add_ps(count[half], _mm256_and_ps(at_max[half], ones));
-            if (e != NULL) _mm256_storeu_ps(e + i + 8 * half, h[half]);
-        }
-    }
-    for (j = 0; j < 4; j++) _mm256_storeu_pd(acc_io + 4 * j, acc[j]);
-    for (half = 0; half < 2; half++) {
-        _mm256_storeu_ps(l_lanes + 8 * half, l_sum[half]);
-        _mm256_storeu_ps(count_lanes + 8 * half, count[half]);
-    }
-    for (j = 0; j < FX_LANES; j++) {
-        acc_io[j] += (double)l_lanes[j] * 0x1p-64;
-        count_io[j] += count_lanes[j];
-    }
-}
-/* fx_tile_exp_sums_f32_avx512 in two halves of 8 rows */
+/* fx_tile_stats' exp sums in float lanes, 16 rows across the lanes: for each class c <
+ * n_classes, acc[r] += exp(xt[c][r] - mt[r]) where xt[c][r] != mt[r], count[r] += (xt[c][r] ==
+ * mt[r]), and et[c][r] = exp(xt[c][r] - mt[r]) rounded to float */
 static void FX_LNAME(fx_tile_exp_sums)(const float (*xt)[FX_TILE], ptrdiff_t n_classes,
                                        const float *mt, double *acc, double *count,
                                        float (*et)[FX_TILE])
 {
-    const __m256 ones = _mm256_set1_ps(1.0f), fast_min = _mm256_set1_ps(FX_F32_FAST_MIN);
-    float l_lanes[FX_TILE], count_lanes[FX_TILE];
+    FX_LNAME(fx_exp_sums) sums;
     ptrdiff_t c;
-    int r, half;
-    for (half = 0; half < 2; half++) {
-        const __m256 mf = _mm256_loadu_ps(mt + 8 * half);
-        const __m256 neg_m = _mm256_sub_ps(_mm256_setzero_ps(), mf);
-        __m256d acc_lo = _mm256_loadu_pd(acc + 8 * half);
-        __m256d acc_hi = _mm256_loadu_pd(acc + 8 * half + 4);
-        __m256 l_sum = _mm256_setzero_ps(), cnt = _mm256_setzero_ps();
-        for (c = 0; c < n_classes; c++) {
-            __m256 xv = _mm256_loadu_ps(xt[c] + 8 * half), d_hi = _mm256_sub_ps(xv, mf), h;
-            __m256 at_max = _mm256_cmp_ps(xv, mf, _CMP_EQ_OQ);
-            if (_mm256_movemask_ps(_mm256_cmp_ps(d_hi, fast_min, _CMP_NGE_UQ)) == 0) {
-                __m256 l, counted;
-                FX_LNAME(fx_exp_terms)(xv, neg_m, d_hi, &h, &l);
-                l_sum = _mm256_add_ps(l_sum, l);
-                counted = _mm256_andnot_ps(at_max, h);
-                acc_lo = _mm256_add_pd(acc_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(counted)));
-                acc_hi = _mm256_add_pd(acc_hi, _mm256_cvtps_pd(_mm256_extractf128_ps(counted, 1)));
-            } else { /* a term below 2^-125, -inf or NaN: the double exp */
-                double v[8];
-                for (r = 0; r < 8; r++) {
-                    float xr = xt[c][8 * half + r], mr = mt[8 * half + r];
-                    v[r] = xr == mr ? 0.0 : fx_exp_shifted_f32(xr, mr);
-                }
-                acc_lo = _mm256_add_pd(acc_lo, _mm256_loadu_pd(v));
-                acc_hi = _mm256_add_pd(acc_hi, _mm256_loadu_pd(v + 4));
-                h = _mm256_set_m128(_mm256_cvtpd_ps(_mm256_loadu_pd(v + 4)),
-                                    _mm256_cvtpd_ps(_mm256_loadu_pd(v)));
-                h = _mm256_blendv_ps(h, ones, at_max);
-            }
-            cnt = _mm256_add_ps(cnt, _mm256_and_ps(at_max, ones));
-            _mm256_storeu_ps(et[c] + 8 * half, h);
-        }
-        _mm256_storeu_pd(acc + 8 * half, acc_lo);
-        _mm256_storeu_pd(acc + 8 * half + 4, acc_hi);
-        _mm256_storeu_ps(l_lanes + 8 * half, l_sum);
-        _mm256_storeu_ps(count_lanes + 8 * half, cnt);
-    }
-    for (r = 0; r < FX_TILE; r++) {
-        acc[r] += (double)l_lanes[r] * 0x1p-64;
-        count[r] += count_lanes[r];
-    }
+    FX_LNAME(fx_exp_sums_start)(&sums, acc);
+    for (c = 0; c < n_classes; c++) FX_LNAME(fx_exp_block)(&sums, xt[c], mt, et[c]);
+    FX_LNAME(fx_exp_sums_finish)(&sums, acc, count);
 }
-#endif
+
+#undef FX_VW
 #undef fx_vf
+#undef fx_vd
+#undef fx_vm
 #undef FX_V
 #undef FX_V_BITS
 #undef FX_V_FLOATS
+#undef FX_V_EQ
+#undef FX_V_ANY_BELOW
+#undef FX_V_ZERO_WHERE
+#undef FX_V_ONE_WHERE
+#undef FX_V_COUNT
+#undef FX_V_LOW_PD
+#undef FX_V_HIGH_PD
+#undef FX_V_FROM_PD
+#undef FX_PARTS
