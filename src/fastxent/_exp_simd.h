@@ -216,6 +216,19 @@ static void FX_LNAME(fx_tile_exp_sums)(const float (*xt)[FX_TILE], ptrdiff_t n_c
     FX_LNAME(fx_exp_sums_finish)(&sums, acc, count);
 }
 
+/* mt[r] = max_c xt[c][r] over c < n_classes, NaN ignored (-inf for a row of NaN): the
+ * portable loop's x > m ? x : m, which max_ps(x, m) is (it returns m when either is NaN) */
+static void FX_LNAME(fx_tile_max)(const float (*xt)[FX_TILE], ptrdiff_t n_classes, float *mt)
+{
+    ptrdiff_t c;
+    int p;
+    for (p = 0; p < FX_PARTS; p++) {
+        fx_vf m = FX_V(set1_ps)(-INFINITY);
+        for (c = 0; c < n_classes; c++) m = FX_V(max_ps)(FX_V(loadu_ps)(xt[c] + p * FX_VW), m);
+        FX_V(storeu_ps)(mt + p * FX_VW, m);
+    }
+}
+
 #undef FX_VW
 #undef fx_vf
 #undef fx_vd

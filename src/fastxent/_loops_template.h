@@ -239,14 +239,16 @@ static void FX_LNAME(fx_tile_stats)(const FX_T *x, ptrdiff_t rs, ptrdiff_t cs, i
             for (r = 0; r < FX_TILE; r++)
                 xt[c][r] = r < rows ? x[r * rs + c * cs] : (FX_T)0;
     for (r = 0; r < FX_TILE; r++) { mt[r] = -INFINITY; acc[r] = 0.0; comp[r] = 0.0; count[r] = 0.0; }
+#if FX_IS_FLOAT && FX_ISA_LEVEL != FX_ISA_BASELINE
+    (void)comp;
+    FX_LNAME(fx_tile_max)((const float (*)[FX_TILE])xt, n_classes, mt);
+    for (r = 0; r < FX_TILE; r++) m[r] = mt[r];
+    FX_LNAME(fx_tile_exp_sums)((const float (*)[FX_TILE])xt, n_classes, mt, acc, count, et);
+#else
     for (c = 0; c < n_classes; c++)
         for (r = 0; r < FX_TILE; r++)
             mt[r] = xt[c][r] > mt[r] ? xt[c][r] : mt[r];
     for (r = 0; r < FX_TILE; r++) m[r] = mt[r];
-#if FX_IS_FLOAT && FX_ISA_LEVEL != FX_ISA_BASELINE
-    (void)comp;
-    FX_LNAME(fx_tile_exp_sums)((const float (*)[FX_TILE])xt, n_classes, mt, acc, count, et);
-#else
     for (c = 0; c < n_classes; c++)
         for (r = 0; r < FX_TILE; r++) {
             int at_max = (double)xt[c][r] == m[r];
