@@ -71,8 +71,9 @@ FX_SAME_BITS_FOR_EVERY_CALLER static void FX_LNAME(fx_exp_sum_span)(
 
 /* sum exp(x_i - m) - 1 without adding the 1 of the maximum (terms with x_i == m are counted,
  * not summed); stores exp(x_i - m) into e[i] when e is not NULL (e may be x: read first).
- * The last partial block goes through a buffer padded with -inf (exp gives 0), so that every
- * element takes the vectorised path. */
+ * The last partial block goes through a buffer padded with the maximum m (counted, then
+ * discounted: the sums do not change), so that every element takes the vectorised path (the
+ * float lanes' fast one too, which -inf would leave). */
 static double FX_LNAME(fx_row_exp_sum)(const FX_T *x, ptrdiff_t n, double m, FX_T *e)
 {
     double acc[FX_LANES], comp[FX_LANES], outer[FX_LANES], outer_comp[FX_LANES];
@@ -95,9 +96,10 @@ static double FX_LNAME(fx_row_exp_sum)(const FX_T *x, ptrdiff_t n, double m, FX_
     rest = n - i;
     if (rest > 0) {
         for (j = 0; j < FX_LANES; j++) { acc[j] = 0.0; comp[j] = 0.0; }
-        for (j = 0; j < FX_LANES; j++) pad_x[j] = j < rest ? x[i + j] : -INFINITY;
+        for (j = 0; j < FX_LANES; j++) pad_x[j] = j < rest ? x[i + j] : (FX_T)m;
         FX_LNAME(fx_exp_sum_span)(pad_x, FX_LANES, m, e != NULL ? pad_e : NULL, acc, comp, count,
                                  NULL, NULL);
+        for (j = (int)rest; j < FX_LANES; j++) count[j] -= 1.0;
         if (e != NULL)
             for (j = 0; j < rest; j++) e[i + j] = pad_e[j];
         FX_NAME(fx_exp_sum_outer)(outer, outer_comp, acc, comp);
@@ -120,14 +122,15 @@ static double FX_LNAME(fx_strided_exp_sum)(const FX_T *x, ptrdiff_t n, ptrdiff_t
     int j;
     for (j = 0; j < FX_LANES; j++) { outer[j] = 0.0; outer_comp[j] = 0.0; count[j] = 0.0; }
     while (i < n) {
-        /* a span of full blocks, or the partial last block padded with -inf */
+        /* a span of full blocks, or the partial last block padded as fx_row_exp_sum's */
         ptrdiff_t span = i < n_full ? (n_full - i > FX_SUM_BLOCK * FX_LANES
                                        ? FX_SUM_BLOCK * FX_LANES : n_full - i)
                                     : FX_LANES;
         for (j = 0; j < FX_LANES; j++) { acc[j] = 0.0; comp[j] = 0.0; }
-        for (k = 0; k < span; k++) buf_x[k] = i + k < n ? x[(i + k) * xs] : -INFINITY;
+        for (k = 0; k < span; k++) buf_x[k] = i + k < n ? x[(i + k) * xs] : (FX_T)m;
         FX_LNAME(fx_exp_sum_span)(buf_x, span, m, e != NULL ? buf_e : NULL, acc, comp, count,
                                  NULL, NULL);
+        for (k = n - i; k < span; k++) count[k] -= 1.0; /* the padding */
         if (e != NULL)
             for (k = 0; k < span && i + k < n; k++) e[(i + k) * es] = buf_e[k];
         FX_NAME(fx_exp_sum_outer)(outer, outer_comp, acc, comp);
